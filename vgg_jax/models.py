@@ -78,7 +78,7 @@ def initializers(scheme: str) -> tuple[dict[str, Any], dict[str, Any]]:
         conv = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
         return (dict(kernel_init=conv, bias_init=zeros),
                 dict(kernel_init=nn.initializers.normal(stddev=0.01), bias_init=zeros))
-    raise ValueError(f"unknown init scheme {scheme!r}; choose one of {INITS}")
+    raise ValueError(f"unknown init_scheme {scheme!r}; choose one of {INITS}")
 
 
 class VGG(nn.Module):
@@ -89,8 +89,10 @@ class VGG(nn.Module):
     - `dense=True`: any image of at least image_size pixels per side; returns the class score
       map (N, h, w, num_classes) of the fully-convolutional head.
     - `include_top=False`: returns the pool5 feature map instead.
-    Every named activation (conv1_1, relu1_1, pool1, ..., fc6, fc7, fc8) is sown into the
-    'intermediates' collection, see `vgg_jax.features`.
+    Every named activation is sown into the 'intermediates' collection (see `vgg_jax.features`):
+    preact1_1 (a conv's output before BN/ReLU), relu1_1, norm1 (A-LRN), pool1, ..., pool5,
+    relu6 and relu7 (fc6/fc7 after ReLU), scores (fc8). Sown names differ from the layer
+    names because Flax keeps one namespace per module.
     """
 
     layout: str = "D"
@@ -150,7 +152,7 @@ class VGG(nn.Module):
                 name = f"{block}_{index}"
                 x = nn.Conv(self.scaled(BLOCK_WIDTHS[block - 1]), (kernel, kernel), padding="SAME",
                             dtype=self.dtype, name=f"conv{name}", **conv_init)(x)
-                self.sow("intermediates", f"conv{name}", x)
+                self.sow("intermediates", f"preact{name}", x)
                 if self.batch_norm:  # torchvision's order: conv -> BN -> ReLU
                     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                                      dtype=self.dtype, name=f"bn{name}")(x)
@@ -171,10 +173,10 @@ class VGG(nn.Module):
         _, dense_init = initializers(self.init_scheme)
         fc = functools.partial(nn.Dense, dtype=self.dtype, **dense_init)
         x = sliding_windows(features, self.head_window)
-        for name in ("fc6", "fc7"):
-            x = nn.relu(fc(self.scaled(FC_WIDTH), name=name)(x))
-            self.sow("intermediates", name, x)  # post-ReLU, as Caffe's in-place fc6/fc7 blobs
+        for layer in (6, 7):
+            x = nn.relu(fc(self.scaled(FC_WIDTH), name=f"fc{layer}")(x))
+            self.sow("intermediates", f"relu{layer}", x)
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         scores = fc(self.num_classes, name="fc8")(x)
-        self.sow("intermediates", "fc8", scores)
+        self.sow("intermediates", "scores", scores)
         return scores
