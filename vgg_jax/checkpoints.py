@@ -1,0 +1,212 @@
+"""Orbax checkpoints: one on-disk format for training runs, imported weights and transfer.
+
+A model directory is an orbax CheckpointManager root whose steps hold two items:
+- 'state': a pytree with at least 'params' (and 'batch_stats' for BN nets); training adds
+  the optimiser state, the step and the dropout key;
+- 'meta': JSON with the ModelSpec (architecture, model fields, class names, normalisation),
+  plus whatever the trainer needs to resume (plateau tracking, epoch).
+A training workdir keeps its model directory at `workdir/checkpoints`; every loader here
+accepts either.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Iterable
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+import vgg_jax
+from vgg_jax.normalization import Normalization
+
+STATE, META = "state", "meta"
+# The paper (Sec. 3.1): deeper nets start from net A's first four convs and three FC layers.
+NET_A_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv3_2", "fc6", "fc7", "fc8")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable, or does not fit the model asked for."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a model and feed it correctly."""
+
+    arch: str
+    model_kwargs: dict
+    class_names: list[str] | None = None
+    normalization: Normalization = Normalization()
+
+    def build(self, **overrides) -> vgg_jax.VGG:
+        return vgg_jax.create_model(self.arch, **{**self.model_kwargs, **overrides})
+
+    def to_dict(self) -> dict:
+        return {"arch": self.arch, "model_kwargs": self.model_kwargs,
+                "class_names": self.class_names, "normalization": self.normalization.to_dict()}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ModelSpec":
+        return cls(values["arch"], dict(values["model_kwargs"]), values.get("class_names"),
+                   Normalization.from_dict(values["normalization"]))
+
+
+def model_root(path: str | os.PathLike) -> str:
+    """The CheckpointManager root for a workdir or a model directory."""
+    path = os.path.abspath(os.fspath(path))
+    nested = os.path.join(path, "checkpoints")
+    return nested if os.path.isdir(nested) else path
+
+
+def open_manager(root: str, *, keep: int = 3, keep_best: bool = True,
+                 async_save: bool = True) -> ocp.CheckpointManager:
+    """Keeps the last `keep` steps and, with `keep_best`, the one with the best 'val_top1'."""
+    policies = [ocp.checkpoint_managers.LatestN(keep)]
+    if keep_best:
+        policies.append(ocp.checkpoint_managers.BestN(
+            get_metric_fn=lambda metrics: metrics["val_top1"], n=1,
+            keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+        enable_async_checkpointing=async_save, create=True)
+    return ocp.CheckpointManager(root, options=options, item_names=(STATE, META))
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict,
+         metrics: dict | None = None) -> None:
+    manager.save(step, args=ocp.args.Composite(**{
+        STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)}), metrics=metrics,
+        force=True)
+
+
+def save_model(directory: str | os.PathLike, variables: dict, spec: ModelSpec) -> None:
+    """Writes `variables` ({'params', 'batch_stats'?}) as a model directory (imports, exports)."""
+    manager = open_manager(os.path.abspath(os.fspath(directory)), keep=1, keep_best=False,
+                           async_save=False)
+    save(manager, 0, dict(variables), {"spec": spec.to_dict()})
+    manager.wait_until_finished()
+    manager.close()
+
+
+def read_meta(root: str, step: int) -> dict:
+    manager = ocp.CheckpointManager(root, item_names=(STATE, META),
+                                    options=ocp.CheckpointManagerOptions(read_only=True))
+    try:
+        return manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
+    finally:
+        manager.close()
+
+
+def default_step(root: str) -> int:
+    """The best step by validation accuracy where one was recorded, else the latest."""
+    if not os.path.isdir(root):
+        raise CheckpointError(f"no checkpoint directory at {root}")
+    manager = ocp.CheckpointManager(root, options=ocp.CheckpointManagerOptions(read_only=True))
+    try:
+        steps = manager.all_steps()
+        if not steps:
+            raise CheckpointError(f"{root} holds no checkpoint steps")
+        best = manager.best_step() if any(
+            manager.metrics(s) for s in steps) else None  # metrics() is None without metrics
+        return best if best is not None else manager.latest_step()
+    finally:
+        manager.close()
+
+
+def load_variables(path: str | os.PathLike, step: int | None = None) -> tuple[dict, ModelSpec, int]:
+    """(variables, spec, step) of a workdir or model directory, without needing its optimiser."""
+    root = model_root(path)
+    step = default_step(root) if step is None else step
+    try:
+        spec = ModelSpec.from_dict(read_meta(root, step)["spec"])
+        manager = ocp.CheckpointManager(root, item_names=(STATE, META),
+                                        options=ocp.CheckpointManagerOptions(read_only=True))
+        state = manager.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore()}))[STATE]
+        manager.close()
+    except (FileNotFoundError, KeyError, ValueError) as error:
+        raise CheckpointError(f"cannot read the checkpoint at {root} step {step}: {error}") from error
+    variables = {k: state[k] for k in ("params", "batch_stats") if k in state}
+    return jax.tree.map(np.asarray, variables), spec, step
+
+
+def load_model(path: str | os.PathLike, step: int | None = None, **overrides):
+    """(model, variables, spec) ready for `model.apply(variables, images)`."""
+    variables, spec, _ = load_variables(path, step)
+    model = spec.build(**overrides)
+    check_fits(model, variables, source=str(path))
+    return model, variables, spec
+
+
+def abstract_variables(model: vgg_jax.VGG) -> dict:
+    size = model.image_size
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, size, size, 3), np.float32)))
+
+
+def shape_mismatches(expected: dict, actual: dict, layers: Iterable[str] | None = None) -> list[str]:
+    """Layers (of `layers`, default all expected) whose parameters are missing or shaped differently."""
+    problems = []
+    for layer in (expected if layers is None else layers):
+        want = jax.tree.map(np.shape, expected.get(layer))
+        have = jax.tree.map(np.shape, actual.get(layer)) if layer in actual else None
+        if want != have:
+            problems.append(f"{layer}: expected {want}, found {have}")
+    return problems
+
+
+def check_fits(model: vgg_jax.VGG, variables: dict, source: str) -> None:
+    """A clear error when `variables` are not this model's (other architecture or class count)."""
+    expected = abstract_variables(model)
+    problems = []
+    for collection in ("params", "batch_stats"):
+        problems += shape_mismatches(expected.get(collection, {}), variables.get(collection, {}))
+    extra = set(variables.get("params", {})) - set(expected["params"])
+    problems += [f"{layer}: not in this model" for layer in sorted(extra)]
+    if problems:
+        raise CheckpointError(f"the checkpoint at {source} does not fit this model: " + "; ".join(problems))
+
+
+def copy_layers(target: dict, source: dict, layers: Iterable[str]) -> tuple[dict, list[str]]:
+    """`target` variables with `layers` (params and BN statistics) taken from `source`.
+
+    Used for the paper's pre-initialisation from net A, for continuing a same-config run at a
+    new training scale, and for transfer learning (all but the head). Raises naming every
+    layer whose shapes differ.
+    """
+    layers = list(layers)
+    missing = [layer for layer in layers if layer not in source["params"]]
+    if missing:
+        raise CheckpointError(f"layers not in the source checkpoint: {missing}")
+    problems = shape_mismatches(target["params"], source["params"], layers)
+    if problems:
+        raise CheckpointError("incompatible shapes for pre-initialisation: " + "; ".join(problems))
+    result = {collection: dict(values) for collection, values in target.items()}
+    for layer in layers:
+        # A conv of a BN net travels with its BN layer (scale, bias and running statistics).
+        names = (layer, layer.replace("conv", "bn")) if layer.startswith("conv") else (layer,)
+        for name in names:
+            for collection in ("params", "batch_stats"):
+                if name in source.get(collection, {}) and name in result.get(collection, {}):
+                    result[collection][name] = source[collection][name]
+    return result, layers
+
+
+def layers_to_copy(selection: str, target_params: dict) -> list[str]:
+    """'net_a' (the paper's rule), 'all', 'backbone' (all but fc8), or a comma-separated list."""
+    weight_layers = [name for name in target_params if not name.startswith("bn")]
+    if selection == "net_a":
+        return [name for name in NET_A_LAYERS if name in target_params]
+    if selection == "all":
+        return weight_layers
+    if selection == "backbone":
+        return [name for name in weight_layers if name != "fc8"]
+    return [name.strip() for name in selection.split(",") if name.strip()]
+
+
+def layer_table(target_params: dict, copied: Iterable[str], source: str) -> str:
+    """A log table: each weight layer and whether it came from `source` or is random."""
+    copied = set(copied)
+    rows = [f"{name:<8} {'copied from ' + source if name in copied else 'random init'}"
+            for name in target_params if not name.startswith("bn")]
+    return "\n".join(["layer    origin", *rows])

@@ -1,0 +1,44 @@
+"""Data parallelism with jit over a Mesh: the batch is split on the 'data' axis, state replicated.
+
+The same code runs on one CPU, one GPU, or every device of a multi-host TPU/GPU job (after
+`jax.distributed.initialize()`): each process feeds only its local share of the global batch.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = "data"
+
+
+def data_mesh(devices=None) -> Mesh:
+    devices = jax.devices() if devices is None else devices
+    return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def check_global_batch(global_batch_size: int, mesh: Mesh) -> None:
+    devices = mesh.devices.size
+    if global_batch_size % devices:
+        raise ValueError(f"the global batch size {global_batch_size} is not divisible by the "
+                         f"{devices} devices of the mesh; choose a multiple of {devices}")
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def replicate(tree, mesh: Mesh):
+    return jax.device_put(tree, replicated(mesh))
+
+
+def global_batch(local_batch: dict, mesh: Mesh) -> dict:
+    """A global array sharded on 'data' from this process's share of the batch."""
+    sharding = batch_sharded(mesh)
+    return {key: jax.make_array_from_process_local_data(sharding, np.asarray(value))
+            for key, value in local_batch.items()}
