@@ -15,7 +15,8 @@ def get_config():
     config.model.image_size = 32  # the crop the fc head is sized for (a 1x1 head window)
     config.model.dropout_rate = 0.5
     config.model.init_scheme = "glorot"
-    config.model.dtype = "float32"
+    config.model.dtype = "float32"  # compute dtype: 'float32' or 'bfloat16'
+    config.model.num_classes = 0  # 0: the dataset's
 
     config.data = ml_collections.ConfigDict()
     config.data.source = "digits"  # 'digits', a tfds name ('imagenet2012', 'tf_flowers'), or 'folder:PATH'
@@ -32,5 +33,29 @@ def get_config():
     config.data.mean_rgb = (33.0, 33.0, 33.0)  # the training set's mean RGB (0-255)
     config.data.std_rgb = (1.0, 1.0, 1.0)
     config.data.shuffle_buffer = 2048
+
+    config.train = ml_collections.ConfigDict()
+    config.train.seed = 0
+    config.train.batch_size = 64  # global, over all devices and processes
+    config.train.accum_steps = 1  # micro-batches per step, for batches that do not fit
+    config.train.num_epochs = 30
+    config.train.num_steps = 0  # > 0 overrides num_epochs
+    config.train.learning_rate = 0.01
+    config.train.momentum = 0.9
+    config.train.weight_decay = 5e-4
+    config.train.decay_biases_and_bn = False
+    config.train.schedule = "plateau"  # 'plateau' (the paper's), 'step' or 'cosine'
+    config.train.plateau_patience = 2  # evaluations without gain before LR / 10
+    config.train.plateau_factor = 0.1
+    config.train.plateau_min_delta = 1e-3
+    config.train.step_epochs = ()  # LR / 10 at these epochs, for schedule='step'
+    config.train.backbone_lr_multiplier = 1.0  # transfer: 0 freezes all but fc8
+    config.train.init_from = ""  # a workdir or model directory to copy layers from
+    config.train.init_layers = "net_a"  # 'net_a' (paper), 'all', 'backbone', or 'conv1_1,fc6,...'
+    config.train.eval_every_epochs = 5.0
+    config.train.eval_batch_size = 256
+    config.train.log_every = 50
+    config.train.checkpoint_every_steps = 0  # besides every evaluation
+    config.train.keep_checkpoints = 3
 
     return config

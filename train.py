@@ -1,0 +1,38 @@
+"""Train a VGG: `python train.py [--config configs/X.py[:arg]] [--workdir DIR] [--config.a.b=v]`."""
+
+import logging
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+config_flags.DEFINE_config_file("config", "configs/default.py", "ml_collections config file")
+flags.DEFINE_string("workdir", None, "checkpoints, TensorBoard events, config.json and results.json "
+                    "(default: runs/<config name>)")
+flags.DEFINE_string("coordinator", None, "host:port of process 0 for a multi-process job; "
+                    "otherwise jax.distributed picks up TPU/SLURM environments by itself")
+flags.DEFINE_integer("num_processes", None, "processes in a multi-process job")
+flags.DEFINE_integer("process_id", None, "this process's index in a multi-process job")
+
+
+def main(argv):
+    del argv
+    import jax
+
+    from vgg_jax import training
+
+    if flags.FLAGS.coordinator or os.environ.get("SLURM_JOB_ID") or os.environ.get("TPU_NAME"):
+        jax.distributed.initialize(flags.FLAGS.coordinator, flags.FLAGS.num_processes,
+                                   flags.FLAGS.process_id)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    config_path = flags.FLAGS["config"].config_filename.split(":")[0]
+    name = os.path.splitext(os.path.basename(config_path))[0]
+    workdir = flags.FLAGS.workdir or os.path.join("runs", name)
+    results = training.train_and_evaluate(flags.FLAGS.config, workdir)
+    logging.info("done: %s", results)
+
+
+if __name__ == "__main__":
+    app.run(main)
