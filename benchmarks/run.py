@@ -1,0 +1,163 @@
+"""Throughput of vgg_jax against a PyTorch reference, side by side: `python -m benchmarks.run`.
+
+Prints one markdown table. Every timed function of one network (ours and torch's, forward and
+train step) runs once per round, interleaved, so both sides see the same machine load; the
+table reports medians over rounds and the ratio ours / torch. Achieved FLOP/s are given as a
+fraction of a float32 matmul peak measured in the same run. `--quick` runs vgg16 alone on a
+small batch, one round. torch is a benchmark dependency only: the library never imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+import vgg_jax
+from benchmarks.workloads import ARCHS, forward_flops, jax_functions
+from vgg_jax.models import BLOCK_WIDTHS, FC_WIDTH, LAYOUTS
+
+DENSE_SIZE = 384  # the paper's smallest test scale Q for dense evaluation
+
+
+def time_call(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def interleaved_medians(fns: dict, rounds: int) -> dict[str, float]:
+    """Median seconds per call of each function, after one untimed warm-up call each."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            times[name].append(time_call(fn))
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def matmul_peak() -> float:
+    """Best float32 FLOP/s of a jitted 4096 x 4096 matmul."""
+    n = 4096
+    a = jnp.ones((n, n), jnp.float32)
+    matmul = jax.jit(jnp.matmul)
+    matmul(a, a).block_until_ready()
+    return 2 * n**3 / min(time_call(lambda: matmul(a, a).block_until_ready()) for _ in range(5))
+
+
+# ---------------------------------------------------------------- PyTorch reference
+
+def torch_vgg(layout: str, num_classes: int = 1000) -> torch.nn.Module:
+    """torchvision's VGG built from our layout table, so the comparison has no extra dependency."""
+    layers, channels = [], 3
+    for width, kernels in zip(BLOCK_WIDTHS, LAYOUTS[layout]):
+        for kernel in kernels:
+            layers += [torch.nn.Conv2d(channels, width, kernel, padding=kernel // 2), torch.nn.ReLU()]
+            channels = width
+        layers.append(torch.nn.MaxPool2d(2))
+    head = [torch.nn.Flatten(), torch.nn.Linear(channels * 7 * 7, FC_WIDTH), torch.nn.ReLU(),
+            torch.nn.Dropout(), torch.nn.Linear(FC_WIDTH, FC_WIDTH), torch.nn.ReLU(),
+            torch.nn.Dropout(), torch.nn.Linear(FC_WIDTH, num_classes)]
+    return torch.nn.Sequential(*layers, *head)
+
+
+def torch_functions(arch: str, bfloat16: bool, images: np.ndarray, labels: np.ndarray):
+    net = torch_vgg(ARCHS[arch]).to(memory_format=torch.channels_last)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+    y = torch.from_numpy(labels).long()
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-2, momentum=0.9, weight_decay=5e-4)
+    autocast = lambda: torch.autocast("cpu", torch.bfloat16, enabled=bfloat16)  # noqa: E731
+
+    def forward():
+        net.eval()
+        with torch.no_grad(), autocast():
+            net(x)
+
+    def train_step():
+        net.train()
+        optimizer.zero_grad(set_to_none=True)
+        with autocast():
+            loss = torch.nn.functional.cross_entropy(net(x).float(), y)
+        loss.backward()
+        optimizer.step()
+
+    return forward, train_step
+
+
+# ---------------------------------------------------------------- measurements
+
+def compare(arch: str, dtype, batch: int, rounds: int, rng: np.random.Generator) -> dict:
+    images = rng.standard_normal((batch, 224, 224, 3), np.float32)
+    labels = rng.integers(0, 1000, batch).astype(np.int32)
+    jax_fwd, jax_train = jax_functions(arch, dtype, images, labels)
+    torch_fwd, torch_train = torch_functions(arch, dtype == jnp.bfloat16, images, labels)
+    seconds = interleaved_medians(
+        dict(jax_fwd=jax_fwd, torch_fwd=torch_fwd, jax_train=jax_train, torch_train=torch_train), rounds)
+    return {name: batch / s for name, s in seconds.items()}
+
+
+def dense_eval_cost(batch: int, rounds: int, rng: np.random.Generator) -> float:
+    """Seconds of VGG-16 dense evaluation at Q=384 over seconds of its conv stack alone."""
+    images = jnp.asarray(rng.standard_normal((batch, DENSE_SIZE, DENSE_SIZE, 3), np.float32))
+    model, trunk = vgg_jax.vgg16(), vgg_jax.vgg16(include_top=False)
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), images[:1, :224, :224])
+    dense = jax.jit(lambda v, x: model.apply(v, x, dense=True))
+    convs = jax.jit(lambda v, x: trunk.apply(v, x))
+    seconds = interleaved_medians(dict(
+        dense=lambda: dense(variables, images).block_until_ready(),
+        convs=lambda: convs(variables, images).block_until_ready(),
+    ), rounds)
+    return seconds["dense"] / seconds["convs"]
+
+
+def pipeline_images_per_second() -> str:
+    try:
+        from benchmarks import pipeline
+    except ImportError:
+        return "missing (benchmarks/pipeline.py not present)"
+    return f"{pipeline.images_per_second():.0f} img/s"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="vgg16 float32 only, batch 2, one round")
+    parser.add_argument("--batch", type=int, help="images per step (default 8; 2 with --quick)")
+    parser.add_argument("--rounds", type=int, help="timed rounds per network (default 3; 1 with --quick)")
+    args = parser.parse_args()
+    batch = args.batch or (2 if args.quick else 8)
+    rounds = args.rounds or (1 if args.quick else 3)
+    rng = np.random.default_rng(0)
+
+    if args.quick:
+        runs = [("vgg16", jnp.float32)]
+    else:
+        runs = [(arch, jnp.float32) for arch in ARCHS] + [("vgg16", jnp.bfloat16)]
+    peak = matmul_peak()
+    print(f"jax {jax.__version__}, torch {torch.__version__}, {os.cpu_count()} CPUs, "
+          f"batch {batch}, 224x224, median of {rounds} interleaved round(s); "
+          f"matmul peak {peak / 1e9:.0f} GFLOP/s (f32 4096^2, this run); "
+          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}\n")
+    print("| network | dtype | forward img/s jax / torch (ratio) | train img/s jax / torch (ratio) "
+          "| jax forward, train FLOP/s / peak |")
+    print("|---|---|---|---|---|")
+    for arch, dtype in runs:
+        r = compare(arch, dtype, batch, rounds, rng)
+        flops = forward_flops(ARCHS[arch])
+        print(f"| {arch} | {jnp.dtype(dtype).name} "
+              f"| {r['jax_fwd']:.2f} / {r['torch_fwd']:.2f} ({r['jax_fwd'] / r['torch_fwd']:.2f}x) "
+              f"| {r['jax_train']:.2f} / {r['torch_train']:.2f} ({r['jax_train'] / r['torch_train']:.2f}x) "
+              f"| {r['jax_fwd'] * flops / peak:.0%}, {r['jax_train'] * 3 * flops / peak:.0%} |", flush=True)
+    cost = dense_eval_cost(1 if args.quick else 2, rounds, rng)
+    print(f"\nvgg16 dense evaluation at Q={DENSE_SIZE}: {cost:.2f}x the conv stack alone on the same image")
+    print(f"input pipeline: {pipeline_images_per_second()}")
+
+
+if __name__ == "__main__":
+    main()
