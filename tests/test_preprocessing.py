@@ -1,0 +1,154 @@
+"""Each preprocessing op against a closed form or an independent numpy/PIL reference."""
+
+import io
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from vgg_jax import preprocessing as pp
+from vgg_jax.normalization import Normalization
+
+
+def smooth_image(height, width):
+    """A smooth uint8 RGB image, so resampling differences stay small."""
+    y, x = np.mgrid[0:height, 0:width]
+    return np.stack([255 * y / height, 255 * x / width, 128 + 100 * np.sin((x + y) / 15)], -1).astype(np.uint8)
+
+
+def encode(image, fmt, mode="RGB", **kwargs):
+    buffer = io.BytesIO()
+    Image.fromarray(image).convert(mode).save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("height,width,scale", [(37, 50, 32), (50, 37, 64), (40, 40, 17), (375, 500, 256)])
+def test_rescale_smallest_side_is_scale_and_keeps_aspect(height, width, scale):
+    out = pp.rescale_smallest_side(tf.zeros([height, width, 3], tf.uint8), scale)
+    new_height, new_width, _ = out.shape
+    assert min(new_height, new_width) == scale
+    assert abs(new_height / new_width - height / width) <= 1 / min(new_height, new_width)
+
+
+def test_crop_window_stays_inside_and_has_the_rescaled_crop_size():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        height, width = rng.integers(20, 400, 2)
+        crop = int(rng.integers(8, min(height, width) + 1))
+        scale = int(rng.integers(crop, 3 * crop))
+        offset = rng.uniform(size=2)
+        y, x, side_y, side_x = pp.crop_window(height, width, scale, crop, offset).numpy()
+        assert side_y == side_x == max(1, round(crop * min(height, width) / scale))
+        assert 0 <= y <= height - side_y and 0 <= x <= width - side_x
+        assert abs(y - offset[0] * (height - side_y)) <= 0.5 and abs(x - offset[1] * (width - side_x)) <= 0.5
+
+
+@pytest.mark.parametrize("offset", [(0.0, 0.0), (0.5, 0.5), (1.0, 0.3)])
+def test_decode_crop_matches_rescale_then_crop(offset):
+    image = smooth_image(120, 160)
+    scale, crop = 96, 64
+    rescaled = pp.rescale_smallest_side(tf.constant(image), scale).numpy()
+    y = round(offset[0] * (rescaled.shape[0] - crop))
+    x = round(offset[1] * (rescaled.shape[1] - crop))
+    reference = rescaled[y:y + crop, x:x + crop]
+    for data in [encode(image, "PNG"), encode(image, "JPEG", quality=95)]:
+        out = pp.decode_crop(tf.constant(data), scale, crop, offset).numpy()
+        assert out.shape == (crop, crop, 3)
+        assert np.abs(out - reference).mean() < 3.0
+
+
+def test_jpeg_window_decode_equals_full_decode_then_crop():
+    data = encode(smooth_image(120, 160), "JPEG", quality=90)
+    window = pp.crop_window(120, 160, 96, 64, (0.3, 0.7)).numpy()
+    y, x, side, _ = window
+    full = pp.decode(tf.constant(data)).numpy()[y:y + side, x:x + side]
+    windowed = tf.image.decode_and_crop_jpeg(data, window, channels=3).numpy()
+    difference = np.abs(windowed.astype(int) - full)  # chroma upsampling differs at the window's edge
+    assert difference.mean() < 0.2 and difference.max() <= 6
+
+
+def test_central_crop_and_grid_crops_match_numpy_slices():
+    image = np.random.default_rng(0).integers(0, 255, (47, 60, 3)).astype(np.uint8)
+    np.testing.assert_array_equal(pp.central_crop(tf.constant(image), 32).numpy(), image[7:39, 14:46])
+    crops = pp.grid_crops(tf.constant(image), 32, grid=5).numpy()
+    assert crops.shape == (25, 32, 32, 3)
+    ys, xs = np.round(np.linspace(0, 47 - 32, 5)).astype(int), np.round(np.linspace(0, 60 - 32, 5)).astype(int)
+    for k, (y, x) in enumerate((y, x) for y in ys for x in xs):
+        np.testing.assert_array_equal(crops[k], image[y:y + 32, x:x + 32])
+    np.testing.assert_array_equal(crops[-1], image[-32:, -32:])
+
+
+def test_random_crop_is_a_slice_of_the_image():
+    image = np.arange(20 * 30 * 3).reshape(20, 30, 3)
+    out = pp.random_crop(tf.constant(image), 8, [1, 2]).numpy()
+    y, x = np.argwhere(image[..., 0] == out[0, 0, 0])[0]
+    np.testing.assert_array_equal(out, image[y:y + 8, x:x + 8])
+
+
+def test_random_flip_mirrors_half_the_time_and_is_seeded():
+    image = np.random.default_rng(0).normal(size=(4, 6, 3)).astype(np.float32)
+    flipped = []
+    for i in range(200):
+        out = pp.random_flip(tf.constant(image), [i, 0]).numpy()
+        assert np.array_equal(out, image) or np.array_equal(out, image[:, ::-1])
+        np.testing.assert_array_equal(out, pp.random_flip(tf.constant(image), [i, 0]).numpy())
+        flipped.append(np.array_equal(out, image[:, ::-1]))
+    assert 0.4 < np.mean(flipped) < 0.6
+
+
+def test_pca_eigenvectors_are_orthonormal():
+    eigvec = np.array(pp.IMAGENET_EIGVEC)
+    np.testing.assert_allclose(eigvec.T @ eigvec, np.eye(3), atol=1e-3)
+
+
+def test_pca_color_shift_has_zero_mean_and_alexnet_covariance():
+    std, draws = 0.1, 4000
+    seeds = tf.data.Dataset.range(draws).map(lambda i: tf.stack([i, tf.constant(7, tf.int64)]))
+    shifts = seeds.map(lambda seed: pp.pca_color_shift(tf.zeros([2, 2, 3]), std, seed))
+    shifts = next(iter(shifts.batch(draws))).numpy()
+    assert np.all(shifts == shifts[:, :1, :1])  # one shift per image, the same on every pixel
+    shifts = shifts[:, 0, 0]
+    eigvec, eigval = np.array(pp.IMAGENET_EIGVEC), np.array(pp.IMAGENET_EIGVAL)
+    expected = 255**2 * eigvec @ np.diag((std * eigval) ** 2) @ eigvec.T
+    sem = np.sqrt(np.diag(expected) / draws)
+    assert np.all(np.abs(shifts.mean(0)) < 4 * sem)
+    np.testing.assert_allclose(np.cov(shifts.T), expected, atol=0.08 * expected.max())
+
+
+@pytest.mark.parametrize("bgr", [False, True])
+def test_normalize_is_mean_subtraction_and_std_division(bgr):
+    image = np.random.default_rng(0).integers(0, 256, (5, 4, 3)).astype(np.uint8)
+    norm = Normalization((120.0, 110.0, 100.0), (60.0, 50.0, 40.0), bgr=bgr)
+    expected = (image - np.array([120.0, 110.0, 100.0])) / np.array([60.0, 50.0, 40.0])
+    np.testing.assert_allclose(pp.normalize(tf.constant(image), norm).numpy(),
+                               expected[..., ::-1] if bgr else expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("fmt,mode,tolerance", [
+    ("PNG", "L", 1), ("PNG", "RGBA", 0), ("BMP", "RGB", 0), ("GIF", "P", 0), ("JPEG", "CMYK", 12),
+])
+def test_load_image_file_gives_rgb(tmp_path, fmt, mode, tolerance):
+    source = smooth_image(30, 40)
+    path = tmp_path / f"image.{fmt.lower()}"
+    Image.fromarray(source).convert(mode).save(path, fmt)
+    expected = np.asarray(Image.open(path).convert("RGB"))  # PIL as the independent decoder
+    out = pp.load_image_file(str(path))
+    assert out.shape == (30, 40, 3) and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - expected).mean() <= tolerance
+
+
+def test_load_image_file_reads_the_first_gif_frame(tmp_path):
+    frames = [Image.new("RGB", (8, 6), color) for color in [(255, 0, 0), (0, 0, 255)]]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    out = pp.load_image_file(str(tmp_path / "anim.gif"))
+    assert out.shape == (6, 8, 3)
+    np.testing.assert_array_equal(out[0, 0], [255, 0, 0])
+
+
+@pytest.mark.parametrize("content", [b"not an image", encode(smooth_image(64, 64), "JPEG")[:500]])
+def test_load_image_file_names_the_unreadable_file(tmp_path, content):
+    path = tmp_path / "broken.jpg"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="broken.jpg"):
+        pp.load_image_file(str(path))

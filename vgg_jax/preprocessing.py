@@ -1,0 +1,117 @@
+"""The paper's image preprocessing (Sec. 3.1, 3.2) as small pure TensorFlow ops.
+
+Train, eval and predict compose the same ops. Images are HxWx3 on a 0-255 scale. Random ops
+are stateless and take a `seed` of shape [2], so an example's augmentation is a function of
+(run seed, example position) and a restarted run reproduces it exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from vgg_jax.normalization import Normalization
+
+# AlexNet's PCA of ImageNet RGB pixels on a 0-1 scale: eigenvalues, eigenvectors as columns.
+IMAGENET_EIGVAL = (0.2175, 0.0188, 0.0045)
+IMAGENET_EIGVEC = (
+    (-0.5675, 0.7192, 0.4009),
+    (-0.5808, -0.0045, -0.8140),
+    (-0.5836, -0.6948, 0.4203),
+)
+
+
+def decode(data: tf.Tensor) -> tf.Tensor:
+    """uint8 HxWx3 from encoded JPEG/PNG/BMP/GIF bytes; grey, RGBA and CMYK become RGB, GIF its first frame."""
+    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def load_image_file(path: str) -> np.ndarray:
+    """uint8 HxWx3 of an image file, decoded exactly as the input pipeline decodes it."""
+    try:
+        return decode(tf.io.read_file(path)).numpy()
+    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as error:
+        raise ValueError(f"cannot read image {path}: {error.message}") from error
+
+
+def scaled_size(height, width, scale) -> tf.Tensor:
+    """[h, w] after an isotropic rescale that makes the smallest side equal to `scale`."""
+    size = tf.cast(tf.stack([height, width]), tf.float32)
+    return tf.cast(tf.round(size * tf.cast(scale, tf.float32) / tf.reduce_min(size)), tf.int32)
+
+
+def rescale_smallest_side(image: tf.Tensor, scale) -> tf.Tensor:
+    """float32 image rescaled isotropically so that its smallest side is `scale` (Q or S)."""
+    shape = tf.shape(image)
+    return tf.image.resize(image, scaled_size(shape[0], shape[1], scale), antialias=True)
+
+
+def crop_window(height, width, scale, crop: int, offset) -> tf.Tensor:
+    """[y, x, side, side]: the square, in original pixels, that becomes a crop x crop crop of the image
+    rescaled to smallest side `scale`. `offset` in [0, 1]^2 places it: (0.5, 0.5) is the centre."""
+    height, width = tf.cast(height, tf.int32), tf.cast(width, tf.int32)
+    smallest = tf.cast(tf.minimum(height, width), tf.float32)
+    side = tf.cast(tf.round(crop * smallest / tf.cast(scale, tf.float32)), tf.int32)
+    side = tf.clip_by_value(side, 1, tf.minimum(height, width))
+    room = tf.cast(tf.stack([height - side, width - side]), tf.float32)
+    y_x = tf.cast(tf.round(tf.cast(offset, tf.float32) * room), tf.int32)
+    return tf.concat([y_x, tf.stack([side, side])], axis=0)
+
+
+def decode_crop(data: tf.Tensor, scale, crop: int, offset) -> tf.Tensor:
+    """float32 crop x crop crop at `offset` of the image rescaled to `scale`, decoding only the
+    window it needs (a JPEG's other blocks are never decoded): the same pixels as rescaling the
+    whole image and cropping it, up to resampling at the window's border, at a fraction of the cost."""
+
+    def jpeg():
+        shape = tf.image.extract_jpeg_shape(data)
+        window = crop_window(shape[0], shape[1], scale, crop, offset)
+        return tf.image.decode_and_crop_jpeg(data, window, channels=3)
+
+    def other():
+        image = decode(data)
+        shape = tf.shape(image)
+        y, x, side, _ = tf.unstack(crop_window(shape[0], shape[1], scale, crop, offset))
+        return image[y:y + side, x:x + side]
+
+    window = tf.cond(tf.io.is_jpeg(data), jpeg, other)
+    return tf.image.resize(window, [crop, crop], antialias=True)
+
+
+def random_crop(image: tf.Tensor, crop: int, seed) -> tf.Tensor:
+    """A uniformly placed crop x crop crop of an already rescaled image."""
+    return tf.image.stateless_random_crop(image, [crop, crop, 3], seed)
+
+
+def central_crop(image: tf.Tensor, crop: int) -> tf.Tensor:
+    shape = tf.shape(image)
+    y, x = (shape[0] - crop) // 2, (shape[1] - crop) // 2
+    return image[y:y + crop, x:x + crop]
+
+
+def grid_crops(image: tf.Tensor, crop: int, grid: int = 5) -> tf.Tensor:
+    """[grid * grid, crop, crop, 3]: the regular grid of crops of multi-crop evaluation, row-major."""
+    shape = tf.shape(image)
+    ys = tf.cast(tf.round(tf.linspace(0.0, tf.cast(shape[0] - crop, tf.float32), grid)), tf.int32)
+    xs = tf.cast(tf.round(tf.linspace(0.0, tf.cast(shape[1] - crop, tf.float32), grid)), tf.int32)
+    return tf.stack([image[ys[i]:ys[i] + crop, xs[j]:xs[j] + crop] for i in range(grid) for j in range(grid)])
+
+
+def random_flip(image: tf.Tensor, seed) -> tf.Tensor:
+    """The image or its left-right mirror, with probability 1/2 each."""
+    return tf.image.stateless_random_flip_left_right(image, seed)
+
+
+def pca_color_shift(image: tf.Tensor, std: float, seed) -> tf.Tensor:
+    """AlexNet's lighting noise: adds eigvec @ (alpha * eigval), alpha ~ N(0, std^2), to every pixel."""
+    alpha = tf.random.stateless_normal([3], seed, stddev=std)
+    shift = tf.linalg.matvec(tf.constant(IMAGENET_EIGVEC), alpha * tf.constant(IMAGENET_EIGVAL))
+    return tf.cast(image, tf.float32) + 255.0 * shift  # the PCA is on a 0-1 scale
+
+
+def normalize(image: tf.Tensor, normalization: Normalization) -> tf.Tensor:
+    """(image - mean) / std per RGB channel, then RGB -> BGR for weights that expect it."""
+    image = (tf.cast(image, tf.float32) - normalization.mean_rgb) / normalization.std_rgb
+    return image[..., ::-1] if normalization.bgr else image
