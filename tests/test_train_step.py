@@ -1,0 +1,108 @@
+"""The jitted train step against closed-form SGD, and its parallel and accumulated forms."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+import vgg_jax
+from vgg_jax import sharding, training
+
+
+def train_config(**overrides):
+    train = ml_collections.ConfigDict(dict(
+        learning_rate=0.05, momentum=0.9, weight_decay=5e-4, decay_biases_and_bn=False,
+        schedule="plateau", backbone_lr_multiplier=1.0, plateau_patience=2, plateau_factor=0.1,
+        plateau_min_delta=1e-3, num_steps=0, num_epochs=1, step_epochs=()))
+    train.update(overrides)
+    return train
+
+
+def tiny(arch="vgg11", **kwargs):
+    return vgg_jax.create_model(arch, num_classes=4, width=0.0625, image_size=32,
+                                dropout_rate=0.0, init_scheme="glorot", **kwargs)
+
+
+def batch(size=8, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"image": rng.normal(size=(size, 32, 32, 3)).astype(np.float32),
+            "label": rng.integers(0, 4, size).astype(np.int32)}
+
+
+def run_steps(model, train, data, steps=1, accum_steps=1, devices=None, seed=0):
+    tx = training.make_optimizer(train, steps_per_epoch=10)
+    mesh = sharding.data_mesh(devices)
+    state = sharding.replicate(training.create_train_state(model, tx, seed), mesh)
+    step = jax.jit(functools.partial(training.train_step, model=model, tx=tx, accum_steps=accum_steps))
+    for _ in range(steps):
+        state, metrics = step(state, sharding.global_batch(data, mesh))
+    return state, metrics
+
+
+def test_one_step_is_sgd_with_l2_on_weights_only():
+    model, train, data = tiny(), train_config(), batch()
+    initial = training.create_train_state(model, training.make_optimizer(train, 10), seed=0)
+
+    def loss(params):
+        logits = model.apply({"params": params}, data["image"])
+        return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(8), data["label"]])
+
+    grads = jax.grad(loss)(initial.params)
+    # First momentum step: v = g + wd * w (kernels only); w' = w - lr * v.
+    expected = jax.tree_util.tree_map_with_path(
+        lambda path, w, g: w - 0.05 * (g + (5e-4 * w if path[-1].key == "kernel" else 0.0)),
+        initial.params, grads)
+    state, metrics = run_steps(model, train, data, devices=jax.devices()[:1])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), state.params, expected)
+    np.testing.assert_allclose(metrics["loss"], loss(initial.params), rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["vgg11", "vgg11_bn"])
+def test_four_devices_equal_one_device(arch):
+    assert len(jax.devices()) >= 4, "tests/conftest.py asks for 4 CPU devices"
+    model, train, data = tiny(arch), train_config(), batch(16)
+    one, one_metrics = run_steps(model, train, data, steps=3, devices=jax.devices()[:1])
+    four, four_metrics = run_steps(model, train, data, steps=3, devices=jax.devices()[:4])
+    assert four.params["conv1_1"]["kernel"].sharding.mesh.devices.size == 4
+    # Same global batch; only the order of the cross-device sums differs: float32 rounding.
+    np.testing.assert_allclose(four_metrics["loss"], one_metrics["loss"], atol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+                 four.variables(), one.variables())
+
+
+def test_gradient_accumulation_equals_the_full_batch():
+    model, train, data = tiny(), train_config(), batch(8)
+    full, _ = run_steps(model, train, data, steps=2, devices=jax.devices()[:1])
+    accumulated, _ = run_steps(model, train, data, steps=2, accum_steps=4, devices=jax.devices()[:1])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+                 accumulated.params, full.params)
+
+
+def test_frozen_backbone_moves_only_the_head():
+    model, data = tiny(), batch()
+    train = train_config(backbone_lr_multiplier=0.0)
+    initial = training.create_train_state(model, training.make_optimizer(train, 10), seed=0)
+    state, _ = run_steps(model, train, data, steps=2, devices=jax.devices()[:1])
+    for layer, values in state.params.items():
+        moved = not np.allclose(values["kernel"], initial.params[layer]["kernel"])
+        assert moved == (layer == "fc8"), layer
+
+
+def test_plateau_divides_the_learning_rate_after_patience():
+    model, train = tiny(), train_config(plateau_patience=2)
+    state = training.create_train_state(model, training.make_optimizer(train, 10), seed=0)
+    plateau = {"best": -1.0, "evals_without_gain": 0, "drops": 0}
+    rates = []
+    for accuracy in (0.5, 0.6, 0.6, 0.6, 0.7, 0.7, 0.7):
+        state, plateau = training.on_plateau(state, plateau, accuracy, train)
+        rates.append(training.current_learning_rate(state))
+    np.testing.assert_allclose(rates, [0.05, 0.05, 0.05, 0.005, 0.005, 0.005, 0.0005], rtol=1e-6)
+    assert plateau["drops"] == 2
+
+
+def test_global_batch_not_divisible_by_devices_is_refused():
+    with pytest.raises(ValueError, match="not divisible by the 4 devices"):
+        sharding.check_global_batch(6, sharding.data_mesh(jax.devices()[:4]))
