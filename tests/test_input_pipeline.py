@@ -1,0 +1,216 @@
+"""The input pipeline end to end: sources, order, restarts, sharding, padding and bad input."""
+
+import itertools
+from collections import Counter
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from configs.default import get_config
+from vgg_jax import digits
+from vgg_jax import input_pipeline as ip
+from vgg_jax.normalization import Normalization
+
+NORM = Normalization((10.0, 20.0, 30.0), (2.0, 2.0, 2.0))
+
+
+def data_config(**overrides):
+    config = get_config().data
+    config.update(overrides)
+    return config
+
+
+def normalized(images):
+    return (images - np.array(NORM.mean_rgb)) / np.array(NORM.std_rgb)
+
+
+def take(iterator, n):
+    return list(itertools.islice(iterator, n))
+
+
+def train(config, n, **kwargs):
+    kwargs = {"global_batch_size": 16, "normalization": NORM, "seed": 0, "process_index": 0,
+              "process_count": 1, **kwargs}
+    return take(ip.train_batches(config, **kwargs), n)
+
+
+def test_digits_split_sizes_class_balance_and_pixels():
+    (train_images, train_labels), (test_images, test_labels) = digits.load("train"), digits.load("test")
+    assert train_images.shape == (1437, 32, 32, 3) and test_images.shape == (360, 32, 32, 3)
+    reference = load_digits()
+    class_fraction = np.bincount(reference.target) / 1797
+    assert np.all(np.abs(np.bincount(test_labels) - 360 * class_fraction) <= 1)  # stratified
+    # each image: the original's 0-16 pixels on 0-255, as 4x4 blocks, grey RGB
+    expected = np.round(reference.images * 255 / 16).repeat(4, 1).repeat(4, 2)[..., None].repeat(3, -1)
+    originals = Counter((image.astype(np.uint8).tobytes(), label) for image, label in zip(expected, reference.target))
+    ours = Counter((image.tobytes(), label) for images, labels in [(train_images, train_labels),
+                   (test_images, test_labels)] for image, label in zip(images, labels))
+    assert ours == originals  # the two splits partition the 1797 images
+
+
+def test_dataset_info_digits():
+    info = ip.dataset_info(data_config())
+    assert (info.num_classes, info.num_train, info.num_eval) == (10, 1437, 360)
+    assert info.class_names == [str(i) for i in range(10)]
+
+
+def test_train_epoch_is_a_permutation_of_the_split_without_augmentation():
+    config = data_config(scale_min=32, scale_max=32, flip=False, color_shift_std=0.0)
+    images, labels = digits.load("train")
+    batches = train(config, 3, global_batch_size=479)  # 3 x 479 = 1437: exactly one epoch
+    seen = np.concatenate([b["image"] for b in batches])
+    seen_labels = np.concatenate([b["label"] for b in batches])
+    order = np.lexsort(seen.reshape(len(seen), -1).T)
+    expected = normalized(images.astype(np.float32))
+    expected_order = np.lexsort(expected.reshape(len(expected), -1).T)
+    np.testing.assert_allclose(seen[order], expected[expected_order], atol=1e-4)
+    np.testing.assert_array_equal(np.sort(seen_labels), np.sort(labels))
+    assert not np.array_equal(seen_labels, labels)  # shuffled
+
+
+def test_train_batches_shapes_and_seeded_determinism():
+    config = data_config()
+    first, again, other = train(config, 2), train(config, 2), train(config, 2, seed=1)
+    assert first[0]["image"].shape == (16, 32, 32, 3) and first[0]["image"].dtype == np.float32
+    assert first[0]["label"].dtype == np.int32
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+    assert not np.array_equal(first[0]["label"], other[0]["label"])
+
+
+def test_restart_at_step_k_gives_the_uninterrupted_batches():
+    config = data_config()
+    k = 95  # past the first epoch boundary (1437 / 16 = 89.8 steps)
+    uninterrupted = train(config, k + 3)[k:]
+    restarted = train(config, 3, start_step=k)
+    for a, b in zip(uninterrupted, restarted):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+
+
+def test_processes_get_their_share_of_the_global_batch():
+    config = data_config()
+    shards = [train(config, 1, global_batch_size=16, process_index=i, process_count=2)[0] for i in range(2)]
+    assert shards[0]["image"].shape == (8, 32, 32, 3)
+    assert not np.array_equal(shards[0]["image"], shards[1]["image"])
+    with pytest.raises(ValueError, match="divisible"):
+        train(config, 1, global_batch_size=15, process_count=2, process_index=0)
+
+
+def test_eval_batches_cover_the_split_once_across_processes_with_padding():
+    config = data_config()
+    images, labels = digits.load("test")
+    per_process = [list(ip.eval_batches(config, global_batch_size=48, normalization=NORM, process_index=i,
+                                        process_count=3)) for i in range(3)]
+    assert len({len(batches) for batches in per_process}) == 1  # equal step counts on every process
+    seen_images, seen_labels = [], []
+    for batches in per_process:
+        for batch in batches:
+            assert batch["image"].shape == (16, 32, 32, 3) and batch["mask"].dtype == bool
+            seen_images.append(batch["image"][batch["mask"]])
+            seen_labels.append(batch["label"][batch["mask"]])
+    seen_images, seen_labels = np.concatenate(seen_images), np.concatenate(seen_labels)
+    assert len(seen_labels) == 360
+    # eval_scale == crop == 32: each image is the normalised original, each seen exactly once
+    expected = {(bytes(normalized(image.astype(np.float32)).astype(np.float32)), label)
+                for image, label in zip(images, labels)}
+    assert {(bytes(image), label) for image, label in zip(seen_images, seen_labels)} == expected
+
+
+def test_eval_images_rescale_the_smallest_side():
+    config = data_config()
+    images = take(ip.eval_images(config, scale=48, normalization=NORM, process_index=0, process_count=1), 3)
+    labels = digits.load("test")[1][:3]
+    for (image, label), expected_label in zip(images, labels):
+        assert image.shape == (48, 48, 3) and label == expected_label
+
+
+@pytest.mark.parametrize("field,overrides", [
+    ("crop_size", {"crop_size": 48}), ("scale_min", {"scale_min": 50, "scale_max": 40}),
+    ("eval_scale", {"eval_scale": 24}),
+])
+def test_impossible_scales_are_config_errors(field, overrides):
+    with pytest.raises(ValueError, match=f"data.{field}"):
+        train(data_config(**overrides), 1)
+
+
+def test_imagenet2012_under_mock_data():
+    config = data_config(source="imagenet2012", train_split="train", eval_split="validation")
+    with tfds.testing.mock_data(num_examples=8):
+        info = ip.dataset_info(config)
+        assert (info.num_classes, info.num_train, info.num_eval) == (1000, 8, 8)
+        first, again = train(config, 2, global_batch_size=4), train(config, 2, global_batch_size=4)
+        restarted = train(config, 1, global_batch_size=4, start_step=1)
+        batches = list(ip.eval_batches(config, global_batch_size=6, normalization=NORM,
+                                       process_index=0, process_count=1))
+    assert first[0]["image"].shape == (4, 32, 32, 3)
+    np.testing.assert_array_equal(first[1]["image"], again[1]["image"])
+    np.testing.assert_array_equal(first[1]["image"], restarted[0]["image"])
+    assert [b["mask"].sum() for b in batches] == [6, 2]
+
+
+# Folder datasets.
+
+COLORS = {"cat": (200, 30, 30), "dog": (30, 30, 200)}
+
+
+def write_image(path, color, fmt="PNG", mode="RGB", size=(40, 30)):
+    Image.new("RGB", size, color).convert(mode).save(path, fmt)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """Two classes in every format a user may drop in, plus a truncated JPEG and a text file."""
+    for name, color in COLORS.items():
+        (tmp_path / name).mkdir()
+        for i in range(5):
+            write_image(tmp_path / name / f"{i}.png", color)
+        write_image(tmp_path / name / "cmyk.jpg", color, "JPEG", "CMYK")
+        write_image(tmp_path / name / "grey.bmp", color, "BMP", "L")
+        write_image(tmp_path / name / "alpha.png", color, "PNG", "RGBA")
+        write_image(tmp_path / name / "palette.gif", color, "GIF", "P")
+    write_image(tmp_path / "cat" / "whole.jpg", (200, 30, 30), "JPEG", size=(300, 200))
+    (tmp_path / "cat" / "truncated.jpg").write_bytes((tmp_path / "cat" / "whole.jpg").read_bytes()[:300])
+    (tmp_path / "dog" / "notes.txt").write_text("not an image")
+    return tmp_path
+
+
+def test_folder_dataset_skips_and_counts_bad_files_and_reads_every_format(folder, caplog):
+    config = data_config(source=f"folder:{folder}", train_split="train", eval_split="val", val_fraction=0.3)
+    info = ip.dataset_info(config)
+    assert info.class_names == ["cat", "dog"]
+    assert info.num_train + info.num_eval == 19  # 20 images, truncated.jpg and notes.txt left out
+    skipped = ip.skipped_files(config, "train").paths + ip.skipped_files(config, "val").paths
+    assert sorted(p.rsplit("/", 1)[-1] for p in skipped) == ["notes.txt", "truncated.jpg"]
+    batch = train(config, 1, global_batch_size=4, seed=3)[0]  # the epoch report is logged
+    assert batch["image"].shape == (4, 32, 32, 3)
+    plain = Normalization((0.0, 0.0, 0.0))
+    for image, label in ip.eval_images(config, scale=30, normalization=plain, process_index=0, process_count=1):
+        color = np.array(COLORS[info.class_names[label]], float)
+        grey = np.full(3, color @ [0.299, 0.587, 0.114])  # what the greyscale BMP holds
+        mean = image.reshape(-1, 3).mean(0)
+        assert min(np.abs(mean - color).max(), np.abs(mean - grey).max()) < 8  # CMYK, palette, ... -> RGB
+
+
+def test_folder_dataset_with_train_and_val_folders(tmp_path):
+    for split, n in [("train", 3), ("val", 2)]:
+        for name in ["a", "b", "c"]:
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(n):
+                write_image(tmp_path / split / name / f"{i}.png", (i, 0, 0))
+    info = ip.dataset_info(data_config(source=f"folder:{tmp_path}", eval_split="val"))
+    assert (info.class_names, info.num_train, info.num_eval) == (["a", "b", "c"], 9, 6)
+
+
+def test_folder_dataset_errors(tmp_path):
+    (tmp_path / "only").mkdir()
+    write_image(tmp_path / "only" / "0.png", (0, 0, 0))
+    with pytest.raises(ValueError, match="at least two"):
+        ip.dataset_info(data_config(source=f"folder:{tmp_path}"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="empty"):
+        ip.dataset_info(data_config(source=f"folder:{tmp_path}"))
