@@ -186,8 +186,10 @@ def test_folder_dataset_skips_and_counts_bad_files_and_reads_every_format(folder
     assert info.num_train + info.num_eval == 19  # 20 images, truncated.jpg and notes.txt left out
     skipped = ip.skipped_files(config, "train").paths + ip.skipped_files(config, "val").paths
     assert sorted(p.rsplit("/", 1)[-1] for p in skipped) == ["notes.txt", "truncated.jpg"]
-    batch = train(config, 1, global_batch_size=4, seed=3)[0]  # the epoch report is logged
+    with caplog.at_level("WARNING"):
+        batch = train(config, 1, global_batch_size=4, seed=3)[0]
     assert batch["image"].shape == (4, 32, 32, 3)
+    assert f"epoch 0: skipped {ip.skipped_files(config, 'train').count} unreadable" in caplog.text
     plain = Normalization((0.0, 0.0, 0.0))
     for image, label in ip.eval_images(config, scale=30, normalization=plain, process_index=0, process_count=1):
         color = np.array(COLORS[info.class_names[label]], float)

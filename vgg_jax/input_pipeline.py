@@ -54,9 +54,9 @@ class SkippedFiles:
     def count(self) -> int:
         return len(self.paths)
 
-    def report(self, epoch: int) -> None:
+    def report(self, when: str) -> None:
         if self.paths:
-            logging.warning("epoch %d: skipped %d unreadable image files: %s", epoch, self.count, self.paths)
+            logging.warning("%s: skipped %d unreadable image files: %s", when, self.count, self.paths)
 
 
 def check_config(data_config) -> None:
@@ -86,14 +86,9 @@ class _IndexedSplit:
     def num_examples(self) -> int:
         return len(self.labels)
 
-    def _read(self, indices: tf.data.Dataset) -> tf.data.Dataset:
-        data, labels = tf.constant(self.data), tf.constant(self.labels)
-
-        def read(index):
-            image = tf.io.read_file(data[index]) if self.from_files else data[index]
-            return image, labels[index]
-
-        return indices.map(read, num_parallel_calls=tf.data.AUTOTUNE)
+    def _read(self, index):
+        image = tf.constant(self.data)[index]
+        return tf.io.read_file(image) if self.from_files else image, tf.constant(self.labels)[index]
 
     def train_stream(self, seed, start, process_index, process_count, shuffle_buffer):
         del shuffle_buffer  # a full permutation per epoch, by index
@@ -106,11 +101,11 @@ class _IndexedSplit:
             return shard[permuted]
 
         positions = tf.data.Dataset.range(start, np.iinfo(np.int64).max)
-        examples = self._read(positions.map(shard_index))
-        return tf.data.Dataset.zip(positions, examples).map(lambda p, ex: (p, *ex))
+        return positions.map(lambda p: (p, *self._read(shard_index(p))), num_parallel_calls=tf.data.AUTOTUNE)
 
     def eval_stream(self, process_index, process_count):
-        return self._read(tf.data.Dataset.range(self.num_examples).shard(process_count, process_index))
+        indices = tf.data.Dataset.range(self.num_examples).shard(process_count, process_index)
+        return indices.map(self._read, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,9 +179,7 @@ def _folder_split(root: str, files: dict[str, list[str]], class_names: list[str]
     for label, name in enumerate(class_names):
         if not ok[labels == label].any():
             raise ValueError(f"class folder {os.path.join(root, name)} has no readable images")
-    split = _IndexedSplit(np.array(paths, dtype=object)[ok], labels[ok], class_names, True, skipped)
-    skipped.report(epoch=0)
-    return split
+    return _IndexedSplit(np.array(paths, dtype=object)[ok], labels[ok], class_names, True, skipped)
 
 
 @functools.lru_cache(maxsize=None)
@@ -283,7 +276,7 @@ def _report_epochs(batches: tf.data.Dataset, split, start_step: int, global_batc
     for step, batch in enumerate(batches.as_numpy_iterator(), start_step):
         if step * global_batch_size // split.num_examples > epoch:
             epoch = step * global_batch_size // split.num_examples
-            split.skipped.report(epoch)
+            split.skipped.report(f"epoch {epoch}")
         yield batch
 
 
@@ -294,7 +287,9 @@ def eval_batches(data_config, *, split: str | None = None, global_batch_size: in
     check_config(data_config)
     process_index, process_count = _processes(process_index, process_count)
     local_batch = _local_batch(global_batch_size, process_count)
-    source = _load_split(data_config, split or data_config.eval_split)
+    split = split or data_config.eval_split
+    source = _load_split(data_config, split)
+    source.skipped.report(f"evaluation of {split}")
     num_batches = math.ceil(math.ceil(source.num_examples / process_count) / local_batch)
     crop = data_config.crop_size
 
@@ -314,7 +309,9 @@ def eval_images(data_config, *, split: str | None = None, scale: int, normalizat
     """(float32 [H, W, 3] with min(H, W) == scale, label) for each image of this process's shard,
     whole, for dense and multi-crop evaluation. `skipped_files` tells which files were left out."""
     process_index, process_count = _processes(process_index, process_count)
-    source = _load_split(data_config, split or data_config.eval_split)
+    split = split or data_config.eval_split
+    source = _load_split(data_config, split)
+    source.skipped.report(f"evaluation of {split}")
 
     def preprocess(data, label):
         return pp.normalize(pp.rescale_smallest_side(pp.decode(data), scale), normalization), label
