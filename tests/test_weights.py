@@ -151,10 +151,12 @@ def test_torchvision_vgg16_full_size_logits_match_torch(tmp_path):
 
 
 def test_legacy_torch_format_reads_the_same_tensors(tmp_path):
-    # torchvision's VGG downloads predate torch 1.6's zip format.
+    # torchvision's VGG downloads predate torch 1.6's zip format. The legacy file is a training
+    # checkpoint: the state dict is unwrapped and the other tensors' storages skipped.
     state = features_state_dict("vgg11_bn")
     torch.save(state, tmp_path / "zip.pth")
-    torch.save(state, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    checkpoint = {"state_dict": state, "epoch": 3, "momentum": {"features.0.weight": torch.ones(3)}}
+    torch.save(checkpoint, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
     from_zip, _ = import_weights(tmp_path / "zip.pth", "vgg11_bn")
     from_legacy, _ = import_weights(tmp_path / "legacy.pth", "vgg11_bn")
     assert "fc6" not in from_zip["params"]  # no classifier in the file: include_top=False

@@ -102,6 +102,10 @@ class TorchUnpickler(pickle.Unpickler):
         ("torch._utils", "_rebuild_parameter"): rebuild_parameter,
     }
 
+    def __init__(self, file):
+        super().__init__(file)
+        self.storages: dict[str, StorageRef] = {}  # every storage the pickle refers to, by key
+
     def find_class(self, module: str, name: str):
         if module == "torch" and name in STORAGE_DTYPES:
             return name  # a storage type only names its element type
@@ -118,7 +122,9 @@ class TorchUnpickler(pickle.Unpickler):
             raise WeightsError(f"unsupported storage record {pid!r:.80}")
         if len(pid) > 5 and pid[5] is not None:
             raise WeightsError("storage views (torch < 0.4 files) are not supported")
-        return StorageRef(str(pid[2]), STORAGE_DTYPES[pid[1]], int(pid[4]))
+        ref = StorageRef(str(pid[2]), STORAGE_DTYPES[pid[1]], int(pid[4]))
+        self.storages[ref.key] = ref
+        return ref
 
 
 def tensor_array(ref: TensorRef, storage: np.ndarray) -> np.ndarray:
@@ -146,12 +152,12 @@ def read_zip_pth(path: str) -> tuple[Any, dict[str, np.ndarray]]:
             raise WeightsError(f"{path} is a zip file but not a torch.save archive (no data.pkl)")
         prefix = pickles[0][: -len("data.pkl")]
         with archive.open(pickles[0]) as file:
-            contents = TorchUnpickler(file).load()
+            unpickler = TorchUnpickler(file)
+            contents = unpickler.load()
         order = f"{prefix}byteorder"
         little = order not in names or archive.read(order).strip() == b"little"
-        refs = {ref.key: ref for ref in storage_refs(contents)}
         storages = {key: storage_array(archive.read(f"{prefix}data/{key}"), ref, little)
-                    for key, ref in refs.items()}
+                    for key, ref in unpickler.storages.items()}
     return contents, storages
 
 
@@ -169,19 +175,14 @@ def read_legacy_pth(path: str) -> tuple[Any, dict[str, np.ndarray]]:
             raise WeightsError(f"{path} is not a torch.save file")
         TorchUnpickler(file).load()  # protocol version
         little = TorchUnpickler(file).load().get("little_endian", True)
-        contents = TorchUnpickler(file).load()
-        refs = {ref.key: ref for ref in storage_refs(contents)}
+        unpickler = TorchUnpickler(file)
+        contents = unpickler.load()
         storages = {}
         for key in TorchUnpickler(file).load():
             numel = int.from_bytes(file.read(8), "little" if little else "big")
-            ref = dataclasses.replace(refs[key], numel=numel)
+            ref = dataclasses.replace(unpickler.storages[key], numel=numel)
             storages[key] = storage_array(file.read(numel * np.dtype(ref.dtype).itemsize), ref, little)
     return contents, storages
-
-
-def storage_refs(contents) -> list[StorageRef]:
-    values = contents.values() if isinstance(contents, dict) else []
-    return [value.storage for value in values if isinstance(value, TensorRef)]
 
 
 def read_torch(path: str) -> dict[str, np.ndarray]:
@@ -200,23 +201,14 @@ def read_torch(path: str) -> dict[str, np.ndarray]:
 # --- reading Keras files -----------------------------------------------------------------------
 
 def read_keras(path: str) -> dict[str, np.ndarray]:
-    """Keras weights as '{layer}/kernel' and '{layer}/bias' arrays.
-
-    Two layouts: the legacy one of the keras.applications downloads (`layer_names` attribute,
-    `layer/weight_name` datasets in the order of `weight_names`; also inside a full model's
-    `model_weights`) and Keras 3's `.weights.h5` (`layers/<class>/vars/<i>`, layer name in an
-    attribute). Conv and Dense layers list the kernel first, then the bias.
-    """
+    """Keras weights as '{layer}/kernel' and '{layer}/bias' arrays (Conv2D and Dense list the
+    kernel first, then the bias), from either layout Keras writes."""
     with h5py.File(path, "r") as file:
-        group = file["model_weights"] if "model_weights" in file else file
+        group = file["model_weights"] if "model_weights" in file else file  # a whole saved model
         if "layer_names" in group.attrs:
-            layers = {as_str(name): [np.asarray(group[as_str(name)][as_str(weight)])
-                                     for weight in group[as_str(name)].attrs["weight_names"]]
-                      for name in group.attrs["layer_names"]}
+            layers = legacy_keras_layers(group)
         elif "layers" in group:
-            layers = {as_str(layer["vars"].attrs.get("name", key)): [np.asarray(layer["vars"][str(i)])
-                                                                     for i in range(len(layer["vars"]))]
-                      for key, layer in group["layers"].items() if "vars" in layer}
+            layers = keras3_layers(group["layers"])
         else:
             raise WeightsError(f"{path} is an HDF5 file but not a Keras weight file")
     tensors = {}
@@ -224,6 +216,21 @@ def read_keras(path: str) -> dict[str, np.ndarray]:
         labels = ("kernel", "bias") if len(arrays) == 2 else [str(i) for i in range(len(arrays))]
         tensors.update({f"{name}/{label}": array for label, array in zip(labels, arrays)})
     return tensors
+
+
+def legacy_keras_layers(group: h5py.Group) -> dict[str, list[np.ndarray]]:
+    """keras.applications' downloads (Keras 2): `layer_names`, each layer's `weight_names` in order."""
+    layers = {}
+    for name in map(as_str, group.attrs["layer_names"]):
+        layers[name] = [np.asarray(group[name][as_str(weight)]) for weight in group[name].attrs["weight_names"]]
+    return layers
+
+
+def keras3_layers(group: h5py.Group) -> dict[str, list[np.ndarray]]:
+    """Keras 3's `.weights.h5`: `layers/<class name>/vars/<i>`, the layer's name in an attribute."""
+    return {as_str(layer["vars"].attrs.get("name", key)): [np.asarray(layer["vars"][str(i)])
+                                                           for i in range(len(layer["vars"]))]
+            for key, layer in group.items() if "vars" in layer}
 
 
 def as_str(value) -> str:
