@@ -11,6 +11,7 @@ if [[ "${1:-}" == "--cpu-dry-run" ]]; then
   exec python -m benchmarks.gpu_throughput --batch "${BATCH:-2}" --steps "${STEPS:-1}"
 fi
 
+python -c "import vgg_jax.training" 2>/dev/null || pip install -q -e .
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 if ! python -c "import jax, sys; sys.exit(jax.default_backend() != 'gpu')" 2>/dev/null; then
   # The driver's CUDA version picks the wheel: jax[cuda13] needs a CUDA 13 driver.

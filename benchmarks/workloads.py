@@ -5,11 +5,14 @@ Kept free of torch so benchmarks/gpu_check.sh needs only jax.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
-import optax
 
 import vgg_jax
+from configs import default as default_config
+from vgg_jax import training
 from vgg_jax.models import BLOCK_WIDTHS, FC_WIDTH, LAYOUTS
 
 ARCHS = {"vgg11": "A", "vgg16": "D", "vgg19": "E"}
@@ -27,42 +30,22 @@ def forward_flops(layout: str, size: int = 224, num_classes: int = 1000) -> int:
     return flops + sum(2 * a * b for a, b in zip(widths, widths[1:]))
 
 
-def sgd_l2(learning_rate: float = 1e-2) -> optax.GradientTransformation:
-    """The paper's optimiser: SGD momentum 0.9, L2 5e-4 on the weights."""
-    return optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(learning_rate, momentum=0.9))
-
-
-def make_jax_train_step(model, optimizer):
-    """The library's kind of step: softmax cross-entropy, dropout, jitted, the state donated."""
-    def loss_fn(params, images, labels, rng):
-        logits = model.apply({"params": params}, images, train=True, rngs={"dropout": rng})
-        return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels).mean()
-
-    def train_step(state, images, labels):
-        params, opt_state, rng = state
-        rng, step_rng = jax.random.split(rng)
-        loss, grads = jax.value_and_grad(loss_fn)(params, images, labels, step_rng)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state, rng), loss
-
-    return jax.jit(train_step, donate_argnums=0)
-
-
 def jax_functions(arch: str, dtype, images, labels):
-    """(forward, train step) closures for one network; the train state is updated in place."""
+    """(forward, train step) closures for one network, using the library's `train_step` with the
+    quickstart config's optimiser (SGD momentum 0.9, L2 5e-4 on kernels); the state is donated
+    and updated in place."""
     model = vgg_jax.create_model(arch, dtype=dtype)
-    images, labels = jnp.asarray(images), jnp.asarray(labels)
-    params = jax.jit(model.init)(jax.random.PRNGKey(0), images[:1])["params"]
-    forward = jax.jit(lambda p, x: model.apply({"params": p}, x))
-    optimizer = sgd_l2()
-    train_step = make_jax_train_step(model, optimizer)
-    state = [(params, optimizer.init(params), jax.random.PRNGKey(1))]
+    batch = {"image": jnp.asarray(images), "label": jnp.asarray(labels)}
+    tx = training.make_optimizer(default_config.get_config().train, steps_per_epoch=1)
+    state = [training.create_train_state(model, tx, seed=0)]
+    train_step = jax.jit(functools.partial(training.train_step, model=model, tx=tx), donate_argnums=0)
+    forward = jax.jit(lambda variables, x: model.apply(variables, x))
 
     def run_train():
-        state[0], loss = train_step(state[0], images, labels)
-        loss.block_until_ready()
+        state[0], metrics = train_step(state[0], batch)
+        metrics["loss"].block_until_ready()
 
     def run_forward():
-        forward(state[0][0], images).block_until_ready()
+        forward(state[0].variables(), batch["image"]).block_until_ready()
 
     return run_forward, run_train
