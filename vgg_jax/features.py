@@ -30,8 +30,7 @@ def extract_features(model: vgg_jax.VGG, variables: dict, images: jax.Array,
         if not model.include_top:
             raise ValueError(f"{[n for n in names if n in HEAD_NAMES]} need a model with include_top=True")
     else:
-        # Without the head the training crop size does not matter: any image of >= 32 px will do.
-        model = model.clone(include_top=False, image_size=DOWNSAMPLING)
+        model = model.clone(include_top=False)  # any image of >= 32 px; fc layers never run
     _, state = model.apply(variables, images, dense=dense, mutable=["intermediates"])
     sown = state["intermediates"]
     unknown = [name for name in names if name not in sown]

@@ -190,6 +190,8 @@ class VGG(nn.Module):
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"expected NHWC RGB images of shape (N, H, W, 3), got {images.shape}")
         height, width = images.shape[1:3]
+        if not self.include_top:  # the conv stack alone takes any image of at least 32 px
+            size = DOWNSAMPLING
         if dense or not self.include_top:
             if min(height, width) < size:
                 raise ValueError(

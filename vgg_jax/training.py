@@ -140,8 +140,11 @@ def train_step(state: TrainState, batch: dict, *, model: vgg_jax.VGG, tx: optax.
     images, labels = split(batch["image"]), split(batch["label"])
     zeros = jax.tree.map(jnp.zeros_like, state.params)
     init = (zeros, state.batch_stats, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
-    (grads, batch_stats, loss_sum, correct), _ = jax.lax.scan(
-        micro_step, init, (jnp.arange(accum_steps), images, labels))
+    if accum_steps == 1:  # no loop: XLA:CPU runs the step ~20% faster outside a while loop
+        (grads, batch_stats, loss_sum, correct), _ = micro_step(init, (0, images[0], labels[0]))
+    else:
+        (grads, batch_stats, loss_sum, correct), _ = jax.lax.scan(
+            micro_step, init, (jnp.arange(accum_steps), images, labels))
     grads = jax.tree.map(lambda g: g / accum_steps, grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
