@@ -31,9 +31,7 @@ def main(argv):
                                    flags.FLAGS.process_id)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save at INFO
-    config_path = flags.FLAGS["config"].config_filename.split(":")[0]
-    name = os.path.splitext(os.path.basename(config_path))[0]
-    workdir = flags.FLAGS.workdir or os.path.join("runs", name)
+    workdir = flags.FLAGS.workdir or os.path.join("runs", flags.FLAGS.config.name)
     results = training.train_and_evaluate(flags.FLAGS.config, workdir)
     logging.info("done: %s", results)
 

@@ -8,6 +8,7 @@ import ml_collections
 
 def get_config():
     config = ml_collections.ConfigDict()
+    config.name = "default"  # the run's default workdir is runs/<name>
 
     config.model = ml_collections.ConfigDict()
     config.model.arch = "vgg11"

@@ -14,7 +14,6 @@ import jax
 import jax.numpy as jnp
 
 import vgg_jax
-from vgg_jax.models import DOWNSAMPLING
 
 # The activations perceptual losses commonly use (Johnson et al., 2016): the last ReLU of each block.
 PERCEPTUAL_NAMES = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
