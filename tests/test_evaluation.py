@@ -1,0 +1,243 @@
+"""Dense, multi-crop, multi-scale and ensemble evaluation against direct model.apply computations."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+import vgg_jax
+from configs import default
+from vgg_jax import checkpoints, digits, evaluation, sharding
+from vgg_jax.normalization import Normalization
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DIGITS = Normalization((77.9,) * 3, (95.9,) * 3)
+
+
+def tiny_model(arch="vgg11", **kwargs):
+    return vgg_jax.create_model(arch, **{"num_classes": 10, "width": 0.125, "image_size": 32,
+                                         "init_scheme": "glorot", **kwargs})
+
+
+def init(model, seed=0):
+    size = model.image_size
+    return jax.tree.map(np.asarray, model.init(jax.random.key(seed), np.zeros((1, size, size, 3), np.float32)))
+
+
+def member(model, variables, normalization=DIGITS):
+    spec = checkpoints.ModelSpec("vgg11", {}, digits.CLASS_NAMES, normalization)
+    return evaluation.Member(model, variables, spec, "test")
+
+
+def softmax(logits):
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def dense_alone(model, variables, image):
+    """Flip-averaged softmax of the mean class score map, one unpadded image at a time."""
+    maps = [np.asarray(model.apply(variables, x[None], dense=True))[0] for x in (image, image[:, ::-1])]
+    return np.mean([softmax(m.mean(axis=(0, 1))) for m in maps], axis=0)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A random-init digits model directory: evaluation is about arithmetic, not accuracy."""
+    path = str(tmp_path_factory.mktemp("ckpt"))
+    model = tiny_model()
+    spec = checkpoints.ModelSpec("vgg11", {"num_classes": 10, "width": 0.125, "image_size": 32,
+                                           "init_scheme": "glorot"}, digits.CLASS_NAMES, DIGITS)
+    checkpoints.save_model(path, init(model), spec)
+    return path
+
+
+def test_dense_on_a_224_input_equals_the_single_crop_fc_head():
+    model = vgg_jax.vgg11(num_classes=10, width=1 / 16, image_size=224, init_scheme="glorot")
+    variables = init(model)
+    image = np.random.default_rng(0).standard_normal((1, 224, 224, 3)).astype(np.float32)
+    scores, valid = evaluation.dense_score_maps(model, variables, image, np.array([[224, 224]]))
+    fc_logits = np.asarray(model.apply(variables, image))
+    assert scores.shape == (1, 1, 1, 10) and bool(valid.all())
+    np.testing.assert_allclose(scores[:, 0, 0], fc_logits, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(evaluation.spatial_softmax(scores, valid), softmax(fc_logits), atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["vgg11", "vgg11_bn"])
+def test_padded_dense_batch_equals_each_image_evaluated_alone(arch):
+    model = tiny_model(arch)
+    variables = init(model)
+    rng = np.random.default_rng(1)
+    landscape = [rng.standard_normal((32, w, 3)).astype(np.float32) for w in (33, 64)]
+    portrait = [rng.standard_normal((h, 32, 3)).astype(np.float32) for h in (50,)]
+    for images in (landscape, portrait):
+        shapes = {evaluation.padded_shape(image.shape, 32, 32) for image in images}
+        assert len(shapes) == 1  # one batch of one padded shape
+        batch = evaluation.dense_batch(images, shapes.pop())
+        got = np.asarray(evaluation.dense_method(model, variables, **batch)["dense"])
+        expected = [dense_alone(model, variables, image) for image in images]
+        np.testing.assert_allclose(got, expected, atol=2e-6)
+
+    # The zeroing inside the net matters: leaving the padded windows out of the average alone
+    # would not be exact (a 33 px wide image padded to 64 has one valid window of two).
+    image = landscape[0]
+    padded = np.pad(image, ((0, 0), (0, 31), (0, 0)))[None]
+    naive = softmax(np.asarray(model.apply(variables, padded, dense=True))[0, 0, 0])
+    exact = softmax(np.asarray(model.apply(variables, image[None], dense=True))[0].mean(axis=(0, 1)))
+    assert not np.allclose(naive, exact, atol=1e-4)
+
+
+def test_multi_crop_is_the_5x5_grid_and_mirrors_by_numpy_slicing():
+    image = np.random.default_rng(2).standard_normal((40, 52, 3)).astype(np.float32)
+    crops = evaluation.multi_crops(image, 32)
+    assert crops.shape == (50, 32, 32, 3)
+    expected = {0: image[:32, :32], 2: image[:32, 10:42], 4: image[:32, 20:],
+                12: image[4:36, 10:42], 20: image[8:, :32], 24: image[8:, 20:]}
+    for index, window in expected.items():
+        np.testing.assert_array_equal(crops[index], window)
+        np.testing.assert_array_equal(crops[25 + index], window[:, ::-1])
+
+    model = tiny_model()
+    variables = init(model)
+    labels, posteriors = evaluation.scale_posteriors(
+        member(model, variables), [(image, 3)], scale=40, batch_size=4, mesh=sharding.data_mesh())
+    by_apply = softmax(np.asarray(model.apply(variables, crops))).mean(axis=0)
+    np.testing.assert_allclose(posteriors["multi-crop"][0], by_apply, atol=1e-6)
+    centre = image[4:36, 10:42]
+    np.testing.assert_allclose(posteriors["single-crop"][0], softmax(np.asarray(model.apply(variables, centre[None])))[0], atol=1e-6)
+    np.testing.assert_allclose(posteriors["dense"][0], dense_alone(model, variables, image), atol=2e-6)
+    assert labels.tolist() == [3]
+
+
+def test_flip_averaged_posteriors_are_the_same_for_the_mirrored_image():
+    model = tiny_model()
+    variables = init(model)
+    image = np.random.default_rng(3).standard_normal((40, 58, 3)).astype(np.float32)
+    _, posteriors = evaluation.scale_posteriors(
+        member(model, variables), [(image, 0), (image[:, ::-1], 0)], scale=40, batch_size=4,
+        mesh=sharding.data_mesh())
+    for method in ("dense", "multi-crop"):
+        np.testing.assert_allclose(posteriors[method][0], posteriors[method][1], atol=1e-6)
+    one_way = [softmax(np.asarray(model.apply(variables, x[None], dense=True)).mean(axis=(1, 2)))
+               for x in (image, image[:, ::-1])]
+    assert not np.allclose(*one_way, atol=1e-4)  # so the averaging is what makes them equal
+
+
+def test_choose_scales():
+    config = default.get_config().data  # digits: jittered S in [32, 40], crop 32
+    assert evaluation.choose_scales(config, 32) == ([32, 36, 40], [])
+    config.scale_max = 32  # fixed S = 32: S - 32 = 0 is below the crop
+    assert evaluation.choose_scales(config, 32) == ([32, 64], [0])
+    assert evaluation.choose_scales(config, 32, [48, 32, 48]) == ([48, 32], [])
+    with pytest.raises(ValueError, match="Q=24 is smaller than the model's crop size 32"):
+        evaluation.choose_scales(config, 32, [32, 24])
+
+
+def test_ensemble_with_itself_and_with_a_renormalised_copy_equals_the_net():
+    config = default.get_config()
+    model = tiny_model()
+    variables = init(model)
+    # Inputs scaled by 1/2 and conv1_1 weights by 2 give the same net: only per-member
+    # normalisation keeps the ensemble equal to the net.
+    doubled = jax.tree.map(np.copy, variables)
+    doubled["params"]["conv1_1"]["kernel"] *= 2
+    halved = Normalization(DIGITS.mean_rgb, tuple(2 * s for s in DIGITS.std_rgb))
+    one = member(model, variables)
+    run = lambda members: evaluation.ensemble_posteriors(members, config.data, [32, 40], batch_size=4, num_images=8)
+    labels, alone = run([one])
+    for members in ([one, one], [one, member(model, doubled, halved)]):
+        ensemble_labels, ensemble = run(members)
+        np.testing.assert_array_equal(ensemble_labels, labels)
+        assert ensemble.keys() == alone.keys()
+        for key in alone:
+            np.testing.assert_allclose(ensemble[key], alone[key], atol=1e-5)
+    _, different = run([one, member(model, doubled)])  # the wrong normalisation: not equal
+    assert not np.allclose(different["dense", 32], alone["dense", 32], atol=1e-4)
+
+
+def test_table_on_digits_rows_and_a_row_computed_directly(checkpoint):
+    config = default.get_config()
+    results = evaluation.run(config, [checkpoint], batch_size=8, num_images=24)
+    assert results["scales"] == [32, 36, 40] and results["dropped_scales"] == []
+    assert results["num_images"] == 24 and results["skipped_files"]["count"] == 0
+    labels = [(row["method"], row["scales"]) for row in results["rows"]]
+    assert labels == [(m, q) for m in evaluation.METHODS for q in ("32", "36", "40", "32,36,40")]
+    for row in results["rows"]:
+        assert 0 <= row["top5_error"] <= row["top1_error"] <= 100
+
+    # Single crop at Q = 32 is the whole 32x32 digit through the fc head.
+    model, variables, spec = checkpoints.load_model(checkpoint)
+    images, truth = digits.load("test")
+    x = (images[:24].astype(np.float32) - 77.9) / 95.9
+    logits = np.asarray(model.apply(variables, x))
+    ranked = np.argsort(-logits, axis=1)
+    row = results["rows"][0]
+    assert row["top1_error"] == pytest.approx(100 * np.mean(ranked[:, 0] != truth[:24]))
+    assert row["top5_error"] == pytest.approx(100 * np.mean([t not in r[:5] for t, r in zip(truth[:24], ranked)]))
+
+    table = evaluation.format_table(results)
+    assert "dense+multi-crop" in table and "32,36,40" in table
+
+
+def test_error_rates_closed_form():
+    posteriors = np.array([[0.5, 0.2, 0.1, 0.1, 0.05, 0.05, 0.0],   # label 0: top-1
+                           [0.3, 0.4, 0.1, 0.1, 0.05, 0.05, 0.0],   # label 0: top-5 only
+                           [0.3, 0.2, 0.1, 0.1, 0.1, 0.05, 0.15]])  # label 5: neither
+    assert evaluation.error_rates(posteriors, np.array([0, 0, 5])) == pytest.approx((200 / 3, 100 / 3))
+
+
+def test_bad_checkpoints_are_named(tmp_path, checkpoint):
+    config = default.get_config()
+    with pytest.raises(checkpoints.CheckpointError, match="no checkpoint directory"):
+        evaluation.run(config, [str(tmp_path / "missing")])
+    wrong_arch = str(tmp_path / "wrong_arch")  # says vgg13, holds vgg11 weights
+    checkpoints.save_model(wrong_arch, init(tiny_model()), checkpoints.ModelSpec(
+        "vgg13", {"num_classes": 10, "width": 0.125, "image_size": 32}, None, DIGITS))
+    with pytest.raises(checkpoints.CheckpointError, match="does not fit this model"):
+        evaluation.run(config, [wrong_arch])
+    imagenet = str(tmp_path / "imagenet")
+    checkpoints.save_model(imagenet, init(tiny_model(num_classes=1000)), checkpoints.ModelSpec(
+        "vgg11", {"num_classes": 1000, "width": 0.125, "image_size": 32}, None, DIGITS))
+    with pytest.raises(checkpoints.CheckpointError, match="has 1000 classes but the dataset digits has 10"):
+        evaluation.run(config, [checkpoint, imagenet])
+
+
+def test_unreadable_images_are_skipped_and_counted(tmp_path):
+    rng = np.random.default_rng(4)
+    for split, count in (("train", 1), ("val", 3)):
+        for name in ("0", "1"):
+            os.makedirs(tmp_path / split / name)
+            for i in range(count):
+                image = rng.integers(0, 255, (32, 40, 3), dtype=np.uint8)
+                Image.fromarray(image).save(tmp_path / split / name / f"{i}.png")
+    (tmp_path / "val" / "1" / "broken.jpg").write_bytes(b"not a jpeg")
+    config = default.get_config()
+    config.data.update(source=f"folder:{tmp_path}", eval_split="val")
+    model = tiny_model(num_classes=2)
+    results = evaluation.evaluate([member(model, init(model))], config.data, [32], batch_size=4)
+    assert results["skipped_files"]["count"] == 1 and results["skipped_files"]["paths"][0].endswith("broken.jpg")
+    assert results["num_images"] == 6
+    assert "skipped 1 unreadable images" in evaluation.format_table(results)
+
+
+def eval_cli(*args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "eval.py"), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_eval_cli_prints_and_writes_the_table(tmp_path, checkpoint):
+    done = eval_cli(f"--checkpoint={checkpoint}", "--scales=32,40", "--num_images=8", f"--out={tmp_path}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "dense+multi-crop" in done.stdout and "32,40" in done.stdout
+    results = json.load(open(tmp_path / "eval_results.json"))
+    with open(tmp_path / "eval_results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(results["rows"]) == 4 * 3
+    assert [float(r["top1_error"]) for r in rows] == pytest.approx([r["top1_error"] for r in results["rows"]])
+    bad = eval_cli(f"--checkpoint={checkpoint}", "--scales=16")
+    assert bad.returncode != 0 and "Q=16 is smaller than the model's crop size 32" in bad.stderr

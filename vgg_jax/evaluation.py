@@ -1,0 +1,341 @@
+"""The paper's testing (Sec. 3.2, 4): single crop, dense, multi-crop and both, over several test
+scales Q and an ensemble of nets, reported as top-1/top-5 error tables.
+
+Each method turns one image, rescaled so that its smallest side is Q, into a softmax posterior:
+- single-crop: the centre crop of the model's image_size through the fc head;
+- dense: the fully-convolutional head on the whole image; the class score map is averaged over
+  its positions, then softmaxed, and averaged with the same for the image's mirror;
+- multi-crop: a 5x5 regular grid of crops and their mirrors, 50 per scale, softmax averaged;
+- dense+multi-crop: the average of those two posteriors (the paper's Table 5).
+A multi-scale row averages a method's posteriors over the test scales; an ensemble averages
+each posterior over its nets, each net fed with its own normalisation.
+
+Dense batching: the images of one Q share their smallest side (Q) but not the other, so they are
+grouped by a padded shape: that side zero-padded up to a multiple of `pad_multiple`. The padding
+changes nothing: every conv's input is zeroed outside the image's own extent at that depth
+(the max-pools floor, so that is the first side >> k positions after k pools), which is what
+'SAME' zero padding shows a conv at an image's border; score-map windows that reach into the
+padding are left out of the spatial average.
+
+Host memory: one (images, classes) float32 array per method and scale (1.8 GB for ImageNet's
+50k validation images at three scales). Runs in one process, data-parallel over its devices.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import dataclasses
+import functools
+import itertools
+import json
+import logging
+import os
+import time
+from typing import Iterable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import vgg_jax
+from vgg_jax import checkpoints, input_pipeline, models, sharding
+from vgg_jax import preprocessing as pp
+
+log = logging.getLogger("vgg_jax.eval")
+
+METHODS = ("single-crop", "dense", "multi-crop", "dense+multi-crop")
+GRID = 5  # multi-crop: a GRID x GRID grid of crops, each also mirrored
+POOLS = len(models.BLOCK_WIDTHS)
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """One net of an ensemble."""
+
+    model: vgg_jax.VGG
+    variables: dict
+    spec: checkpoints.ModelSpec
+    source: str
+
+
+def load_member(path: str) -> Member:
+    """The best (else latest) step of a training workdir or model directory."""
+    step = checkpoints.default_step(checkpoints.model_root(path))
+    model, variables, spec = checkpoints.load_model(path, step)
+    return Member(model, variables, spec, f"{path} (step {step})")
+
+
+# --- test scales ------------------------------------------------------------------------------
+
+def check_scale(scale: int, crop: int) -> None:
+    if scale < crop:
+        raise ValueError(f"test scale Q={scale} is smaller than the model's crop size {crop}; "
+                         f"choose Q >= {crop}")
+
+
+def choose_scales(data_config, crop: int, scales: Sequence[int] = ()) -> tuple[list[int], list[int]]:
+    """(test scales, derived scales dropped for being smaller than the crop).
+
+    Explicit `scales` must all fit the crop. Otherwise from the training scales (Sec. 4.2):
+    fixed S gives Q in {S-32, S, S+32}; jittered [Smin, Smax] gives {Smin, (Smin+Smax)/2, Smax}.
+    """
+    if scales:
+        for scale in scales:
+            check_scale(scale, crop)
+        return list(dict.fromkeys(scales)), []
+    low, high = data_config.scale_min, data_config.scale_max
+    derived = [low - 32, low, low + 32] if low == high else [low, (low + high) // 2, high]
+    derived = list(dict.fromkeys(derived))
+    return [q for q in derived if q >= crop], [q for q in derived if q < crop]
+
+
+# --- the methods on device --------------------------------------------------------------------
+
+def valid_positions(sizes: jax.Array, padded: tuple[int, int], shape: tuple[int, int],
+                    window: int = 1) -> jax.Array:
+    """(N, h, w) bool: which positions of an (h, w) map of windows over a feature map depend only
+    on each image's own pixels, for images of `sizes` (N, 2) zero-padded to `padded`.
+
+    The feature map is the padded input after k 2x2 max-pools, each flooring, so an image of
+    side s covers its first s >> k positions, and a window of `window` positions must fit in them.
+    """
+    extent = shape[0] + window - 1
+    pools = next(k for k in range(POOLS + 1) if padded[0] >> k == extent)
+    valid = (sizes >> pools) - window + 1
+    rows = jnp.arange(shape[0]) < valid[:, :1]
+    cols = jnp.arange(shape[1]) < valid[:, 1:]
+    return rows[:, :, None] & cols[:, None, :]
+
+
+def dense_score_maps(model: vgg_jax.VGG, variables: dict, images: jax.Array,
+                     sizes: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Class score maps (N, h, w, C) of images zero-padded from `sizes` (N, 2), and their valid
+    positions (N, h, w). On valid positions the maps equal those of the unpadded images."""
+    padded = images.shape[1:3]
+
+    def zero_outside_images(next_fun, args, kwargs, context):
+        if context.method_name == "__call__" and isinstance(context.module, models.Conv):
+            x = args[0]
+            args = (x * valid_positions(sizes, padded, x.shape[1:3])[..., None].astype(x.dtype), *args[1:])
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(zero_outside_images):
+        scores = model.apply(variables, images, dense=True)
+    return scores.astype(jnp.float32), valid_positions(sizes, padded, scores.shape[1:3], model.head_window)
+
+
+def spatial_softmax(scores: jax.Array, valid: jax.Array) -> jax.Array:
+    """Softmax of each class score map averaged over its valid positions: (N, C)."""
+    weights = valid / jnp.sum(valid, axis=(1, 2), keepdims=True)
+    return jax.nn.softmax(jnp.einsum("nhwc,nhw->nc", scores, weights))
+
+
+def flip_average(posteriors: jax.Array) -> jax.Array:
+    """(2N, C) posteriors of N images followed by their mirrors -> (N, C)."""
+    half = posteriors.shape[0] // 2
+    return (posteriors[:half] + posteriors[half:]) / 2
+
+
+def dense_posteriors(model, variables, images, sizes) -> jax.Array:
+    """Flip-averaged dense posteriors (N, C) of N padded images followed by their N mirrors."""
+    return flip_average(spatial_softmax(*dense_score_maps(model, variables, images, sizes)))
+
+
+def crop_posteriors(model, variables, crops: jax.Array) -> jax.Array:
+    """(N, K, crop, crop, 3) -> (N, C): the softmax of the fc head averaged over each image's K crops."""
+    n, k = crops.shape[:2]
+    logits = model.apply(variables, crops.reshape(n * k, *crops.shape[2:])).astype(jnp.float32)
+    return jax.nn.softmax(logits).reshape(n, k, -1).mean(axis=1)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def crop_methods(model, variables, centre, grid) -> dict:
+    return {"single-crop": crop_posteriors(model, variables, centre),
+            "multi-crop": crop_posteriors(model, variables, grid)}
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def dense_method(model, variables, images, sizes) -> dict:
+    return {"dense": dense_posteriors(model, variables, images, sizes)}
+
+
+# --- the methods' inputs, on the host ---------------------------------------------------------
+
+def multi_crops(image: np.ndarray, crop: int) -> np.ndarray:
+    """(2 * GRID**2, crop, crop, 3): the grid crops, row-major, then their mirrors."""
+    crops = pp.grid_crops(image, crop, GRID).numpy()
+    return np.concatenate([crops, crops[:, :, ::-1]])
+
+
+def padded_shape(shape: Sequence[int], scale: int, multiple: int) -> tuple[int, int]:
+    """The dense batch an image rescaled to `scale` joins: its sides other than Q padded up to a
+    multiple of `multiple` (few distinct shapes, so few compilations)."""
+    return tuple(side if side == scale else -(-side // multiple) * multiple for side in shape[:2])
+
+
+def dense_batch(images: list[np.ndarray], shape: tuple[int, int]) -> dict:
+    """The images then their mirrors, zero-padded at the bottom and right to `shape`."""
+    images = images + [image[:, ::-1] for image in images]
+    padded = [np.pad(image, ((0, shape[0] - image.shape[0]), (0, shape[1] - image.shape[1]), (0, 0)))
+              for image in images]
+    return {"images": np.stack(padded), "sizes": np.array([image.shape[:2] for image in images], np.int32)}
+
+
+def crop_batch(images: list[np.ndarray], crop: int) -> dict:
+    return {"centre": np.stack([pp.central_crop(image, crop).numpy() for image in images])[:, None],
+            "grid": np.stack([multi_crops(image, crop) for image in images])}
+
+
+# --- one net at one scale ---------------------------------------------------------------------
+
+def scale_posteriors(member: Member, images: Iterable[tuple[np.ndarray, int]], *, scale: int,
+                     batch_size: int, mesh, pad_multiple: int = 32) -> tuple[np.ndarray, dict]:
+    """Labels (N,) and {'single-crop', 'dense', 'multi-crop': posteriors (N, C)} of one net on
+    `images`: (image rescaled to `scale` and normalised for this net, label) pairs.
+
+    Crops go in batches of `batch_size` images (50 crops each); whole images wait for a full batch
+    of their padded shape. Short final batches are filled by repeating an image, so every batch of
+    a shape has the same size and compiles once.
+    """
+    sharding.check_global_batch(batch_size, mesh)
+    model, crop = member.model, member.model.image_size
+    variables = sharding.replicate(member.variables, mesh)
+    results = {"single-crop": {}, "dense": {}, "multi-crop": {}}
+    pending = collections.defaultdict(list)  # "crops" or a padded shape -> [(index, image)]
+
+    def run(key):
+        indices, group = zip(*pending.pop(key))
+        group = list(group) + [group[-1]] * (batch_size - len(group))
+        batch = crop_batch(group, crop) if key == "crops" else dense_batch(group, key)
+        outputs = (crop_methods if key == "crops" else dense_method)(model, variables, **sharding.global_batch(batch, mesh))
+        for method, values in outputs.items():
+            results[method].update(zip(indices, np.asarray(values)))
+
+    labels = []
+    for index, (image, label) in enumerate(images):
+        labels.append(label)
+        for key in ("crops", padded_shape(image.shape, scale, pad_multiple)):
+            pending[key].append((index, image))
+            if len(pending[key]) == batch_size:
+                run(key)
+    for key in list(pending):
+        run(key)
+    return np.array(labels, np.int32), {method: np.stack([values[i] for i in range(len(labels))])
+                                        for method, values in results.items()}
+
+
+# --- the table --------------------------------------------------------------------------------
+
+def error_rates(posteriors: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """Top-1 and top-5 error in percent."""
+    top5 = np.argsort(-posteriors, axis=1, kind="stable")[:, :5]
+    hits = top5 == labels[:, None]
+    return 100.0 * float(np.mean(~hits[:, 0])), 100.0 * float(np.mean(~hits.any(axis=1)))
+
+
+def error_table(posteriors: dict, labels: np.ndarray, scales: Sequence[int]) -> list[dict]:
+    """Rows (method, scales, top-1 and top-5 error) from {(method, scale): posteriors (N, C)} of
+    the single-crop, dense and multi-crop methods: each method at each scale, then averaged
+    over all scales when there are several."""
+    def at(method, scale):
+        if method == "dense+multi-crop":
+            return (posteriors["dense", scale] + posteriors["multi-crop", scale]) / 2
+        return posteriors[method, scale]
+
+    rows = []
+    for method in METHODS:
+        entries = [(str(q), at(method, q)) for q in scales]
+        if len(scales) > 1:
+            entries.append((",".join(map(str, scales)), np.mean([p for _, p in entries], axis=0)))
+        for label, values in entries:
+            top1, top5 = error_rates(values, labels)
+            rows.append({"method": method, "scales": label, "top1_error": top1, "top5_error": top5})
+    return rows
+
+
+def ensemble_posteriors(members: Sequence[Member], data_config, scales: Sequence[int], *,
+                        batch_size: int = 8, num_images: int | None = None, pad_multiple: int = 32,
+                        mesh=None) -> tuple[np.ndarray, dict]:
+    """Labels (N,) and {(method, scale): posteriors (N, C) averaged over the members} for the
+    single-crop, dense and multi-crop methods on data_config.eval_split (its first `num_images`)."""
+    if jax.process_count() > 1:
+        raise ValueError("evaluation runs in one process (data-parallel over its devices)")
+    mesh = sharding.data_mesh() if mesh is None else mesh
+    crop = max(member.model.image_size for member in members)
+    for scale in scales:
+        check_scale(scale, crop)
+    check_classes(members, input_pipeline.dataset_info(data_config).num_classes, data_config.source)
+    totals, labels = {}, None
+    for member, scale in itertools.product(members, scales):
+        start = time.time()
+        images = input_pipeline.eval_images(data_config, scale=scale, normalization=member.spec.normalization)
+        member_labels, posteriors = scale_posteriors(
+            member, itertools.islice(images, num_images), scale=scale, batch_size=batch_size,
+            mesh=mesh, pad_multiple=pad_multiple)
+        log.info("%s at Q=%d: %d images in %.1f s", member.source, scale, len(member_labels), time.time() - start)
+        if labels is None:
+            labels = member_labels
+        assert np.array_equal(labels, member_labels), "every pass reads the split in the same order"
+        for method, values in posteriors.items():
+            totals[method, scale] = totals.get((method, scale), 0.0) + values / len(members)
+    return labels, totals
+
+
+def evaluate(members: Sequence[Member], data_config, scales: Sequence[int], **kwargs) -> dict:
+    """The error table of the ensemble of `members` (one net: that net) on data_config.eval_split,
+    with what was evaluated and the unreadable files skipped. kwargs: `ensemble_posteriors`'."""
+    labels, posteriors = ensemble_posteriors(members, data_config, scales, **kwargs)
+    skipped = input_pipeline.skipped_files(data_config)
+    return {"checkpoints": [member.source for member in members], "split": data_config.eval_split,
+            "num_images": len(labels), "skipped_files": {"count": skipped.count, "paths": skipped.paths},
+            "scales": list(scales), "rows": error_table(posteriors, labels, scales)}
+
+
+def check_classes(members: Sequence[Member], num_classes: int, dataset: str) -> None:
+    for member in members:
+        if member.model.num_classes != num_classes:
+            raise checkpoints.CheckpointError(
+                f"{member.source} has {member.model.num_classes} classes but the dataset {dataset} "
+                f"has {num_classes}")
+
+
+def run(config, paths: Sequence[str], scales: Sequence[int] = (), **kwargs) -> dict:
+    """Loads the checkpoints at `paths` and evaluates their ensemble at `scales` (default: the
+    paper's three, from the config's training scales)."""
+    members = [load_member(path) for path in paths]
+    crop = max(member.model.image_size for member in members)
+    scales, dropped = choose_scales(config.data, crop, scales)
+    if dropped:
+        log.warning("test scales %s are smaller than the crop %d: left out", dropped, crop)
+    return {**evaluate(members, config.data, scales, **kwargs), "dropped_scales": dropped}
+
+
+# --- output -----------------------------------------------------------------------------------
+
+def format_table(results: dict) -> str:
+    lines = [f"{results['split']}: {results['num_images']} images, "
+             f"{len(results['checkpoints'])} net(s): {', '.join(results['checkpoints'])}",
+             f"{'method':<18} {'Q':<16} {'top-1 err %':>11} {'top-5 err %':>11}"]
+    lines += [f"{row['method']:<18} {row['scales']:<16} {row['top1_error']:>11.2f} {row['top5_error']:>11.2f}"
+              for row in results["rows"]]
+    if results["skipped_files"]["count"]:
+        lines.append(f"skipped {results['skipped_files']['count']} unreadable images: "
+                     f"{results['skipped_files']['paths']}")
+    if results.get("dropped_scales"):
+        lines.append(f"left out test scales {results['dropped_scales']}: smaller than the crop")
+    return "\n".join(lines)
+
+
+def write_results(results: dict, directory: str) -> tuple[str, str]:
+    """eval_results.json (everything) and eval_results.csv (the rows) in `directory`."""
+    os.makedirs(directory, exist_ok=True)
+    json_path, csv_path = (os.path.join(directory, f"eval_results.{ext}") for ext in ("json", "csv"))
+    with open(json_path, "w") as f:
+        json.dump(results, f, indent=2)
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["method", "scales", "top1_error", "top5_error"])
+        writer.writeheader()
+        writer.writerows(results["rows"])
+    return json_path, csv_path
