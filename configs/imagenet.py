@@ -32,7 +32,7 @@ def get_imagenet_config(arch: str, argument: str) -> ml_collections.ConfigDict:
         shuffle_buffer=16_384)
     config.train.update(
         batch_size=256, num_epochs=74, learning_rate=0.01, momentum=0.9, weight_decay=5e-4,
-        schedule="plateau", plateau_patience=2, eval_every_epochs=1.0, eval_batch_size=512,
+        schedule="plateau", plateau_patience=2, step_epochs=(), eval_every_epochs=1.0, eval_batch_size=512,
         log_every=100, checkpoint_every_steps=2000)
 
     if (scale_min, scale_max) == (256, 256):
