@@ -165,7 +165,7 @@ def dense_method(model, variables, images, sizes) -> dict:
 
 def multi_crops(image: np.ndarray, crop: int) -> np.ndarray:
     """(2 * GRID**2, crop, crop, 3): the grid crops, row-major, then their mirrors."""
-    crops = pp.grid_crops(image, crop, GRID).numpy()
+    crops = np.asarray(pp.grid_crops(image, crop, GRID))
     return np.concatenate([crops, crops[:, :, ::-1]])
 
 
@@ -184,7 +184,7 @@ def dense_batch(images: list[np.ndarray], shape: tuple[int, int]) -> dict:
 
 
 def crop_batch(images: list[np.ndarray], crop: int) -> dict:
-    return {"centre": np.stack([pp.central_crop(image, crop).numpy() for image in images])[:, None],
+    return {"centre": np.stack([np.asarray(pp.central_crop(image, crop)) for image in images])[:, None],
             "grid": np.stack([multi_crops(image, crop) for image in images])}
 
 

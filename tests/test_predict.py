@@ -1,0 +1,108 @@
+"""predict: top-5 and heatmaps on real photographs, against a direct dense computation."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.datasets import load_sample_images
+
+import vgg_jax
+from vgg_jax import checkpoints, predict
+from vgg_jax import preprocessing as pp
+from vgg_jax.normalization import PAPER
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KWARGS = {"num_classes": 10, "width": 0.125, "image_size": 32, "init_scheme": "glorot"}
+NAMES = [f"class {i}" for i in range(10)]
+
+
+def softmax(logits):
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("ckpt"))
+    model = vgg_jax.vgg11(**KWARGS)
+    variables = model.init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))
+    checkpoints.save_model(path, variables, checkpoints.ModelSpec("vgg11", KWARGS, NAMES, PAPER))
+    return path
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """scikit-learn's two photographs as JPEG, and one as grayscale and RGBA PNG."""
+    folder = tmp_path_factory.mktemp("photos")
+    china, flower = load_sample_images().images
+    paths = {}
+    for name, image, mode, ext in (("china", china, "RGB", "jpg"), ("flower", flower, "RGB", "jpg"),
+                                   ("gray", china, "L", "png"), ("rgba", flower, "RGBA", "png")):
+        paths[name] = str(folder / f"{name}.{ext}")
+        Image.fromarray(image).convert(mode).save(paths[name])
+    return paths
+
+
+def test_posterior_is_the_flip_averaged_dense_softmax(checkpoint, photos):
+    model, variables, spec = checkpoints.load_model(checkpoint)
+    image = pp.load_image_file(photos["china"])
+    posterior, scores = predict.predict(model, variables, spec, image, 48)
+    x = np.asarray(pp.normalize(pp.rescale_smallest_side(image, 48), spec.normalization))
+    assert x.shape[:2] == (48, 72)
+    maps = [np.asarray(model.apply(variables, im[None], dense=True))[0] for im in (x, x[:, ::-1])]
+    np.testing.assert_allclose(scores, maps[0], atol=1e-5)
+    expected = np.mean([softmax(m.mean(axis=(0, 1))) for m in maps], axis=0)
+    np.testing.assert_allclose(posterior, expected, atol=1e-6)
+
+
+def test_heatmap_has_the_image_size_and_colours_the_top_scores_red():
+    image = np.zeros((30, 50, 3), np.uint8)
+    scores = np.array([[5.0, 0.0], [0.0, -1.0]])  # highest top-left, lowest bottom-right
+    out = np.asarray(predict.heatmap(image, scores))
+    assert out.shape == (30, 50, 3)
+    top_left, bottom_right = out[0, 0].astype(int), out[-1, -1].astype(int)
+    assert top_left[0] > top_left[2] and bottom_right[2] > bottom_right[0]
+    assert out.max() <= 128  # half opacity over black
+
+
+def test_class_names(tmp_path):
+    spec = checkpoints.ModelSpec("vgg11", KWARGS, NAMES, PAPER)
+    assert predict.class_names(spec, 10) == NAMES
+    unnamed = checkpoints.ModelSpec("vgg11", KWARGS, None, PAPER)
+    assert predict.class_names(unnamed, 7) == [str(i) for i in range(7)]
+    imagenet = predict.class_names(unnamed, 1000)
+    assert len(imagenet) == 1000 and imagenet[0] in ("n01440764", "0")  # tfds's names when offline-available
+
+
+def predict_cli(*args):
+    return subprocess.run([sys.executable, "-m", "vgg_jax.predict", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_cli_top5_and_heatmaps_of_the_images_size(checkpoint, photos, tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    images = [photos["china"], str(broken), photos["flower"], photos["gray"], photos["rgba"]]
+    done = predict_cli("--checkpoint", checkpoint, "--heatmap", str(tmp_path / "map.png"), *images)
+    assert done.returncode == 1  # one image could not be read; the others were predicted
+    assert f"cannot read image {broken}" in done.stderr
+    lines = done.stdout.splitlines()
+    for name in ("china", "flower", "gray", "rgba"):
+        at = lines.index(photos[name])
+        ranked = lines[at + 1:at + 6]
+        assert [line.split(".")[0].strip() for line in ranked] == ["1", "2", "3", "4", "5"]
+        probabilities = [float(line.split()[1]) for line in ranked]
+        assert probabilities == sorted(probabilities, reverse=True) and all(line.split("  ")[2].startswith("class ") for line in ranked)
+        with Image.open(tmp_path / f"map_{name}.png") as heatmap:
+            assert heatmap.size == (640, 427) and heatmap.mode == "RGB"
+
+
+def test_errors_name_the_problem(checkpoint, photos, tmp_path, capsys):
+    assert predict.main(["--checkpoint", str(tmp_path / "nowhere"), photos["china"]]) == 1
+    assert "no checkpoint directory" in capsys.readouterr().err
+    assert predict.main(["--checkpoint", checkpoint, "--scale", "16", photos["china"]]) == 1
+    assert "Q=16 is smaller than the model's crop size 32" in capsys.readouterr().err
