@@ -288,8 +288,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             state, step_metrics = step_fn(state, sharding.global_batch(next(batches), mesh))
             step += 1
             pending.append((step, step_metrics))
-            boundary = step % train.log_every == 0 or step % eval_every == 0 or step == num_steps
-            if not (boundary or stop.signal):
+            evaluate_now = step % eval_every == 0 or step == num_steps
+            save_now = evaluate_now or stop.signal or (
+                train.checkpoint_every_steps and step % train.checkpoint_every_steps == 0)
+            if not (save_now or step % train.log_every == 0):
                 continue
             train_metrics = check_finite(pending)
             pending.clear()
@@ -297,7 +299,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             writer.scalars(step, {f"train_{k}": v for k, v in train_metrics.items()}
                            | {"learning_rate": current_learning_rate(state)})
             metrics = {"step": step, "train_loss": train_metrics["loss"], "train_top1": train_metrics["top1"]}
-            if step % eval_every == 0 or step == num_steps:
+            if evaluate_now:
                 val = evaluate(state.variables(), model, config.data, batch_size=train.eval_batch_size,
                                normalization=spec.normalization, mesh=mesh)
                 metrics |= val
@@ -308,7 +310,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     state, plateau = on_plateau(state, plateau, val["val_top1"], train)
                 checkpoints.save(manager, step, state, {"spec": spec.to_dict(), "plateau": plateau},
                                  {"val_top1": val["val_top1"]})
-            elif stop.signal or (train.checkpoint_every_steps and step % train.checkpoint_every_steps == 0):
+            elif save_now:
                 checkpoints.save(manager, step, state, {"spec": spec.to_dict(), "plateau": plateau})
             if stop.signal:
                 log.warning("%s received: saved step %d, exiting", stop.signal, step)
