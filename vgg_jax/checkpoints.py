@@ -90,20 +90,32 @@ def save_model(directory: str | os.PathLike, variables: dict, spec: ModelSpec) -
     manager.close()
 
 
+def reader(root: str) -> ocp.CheckpointManager:
+    """A read-only manager that knows both items' handlers, so it can read their metadata."""
+    return ocp.CheckpointManager(root, options=ocp.CheckpointManagerOptions(read_only=True),
+                                 item_handlers={STATE: ocp.StandardCheckpointHandler(),
+                                                META: ocp.JsonCheckpointHandler()})
+
+
 def read_meta(root: str, step: int) -> dict:
-    manager = ocp.CheckpointManager(root, item_names=(STATE, META),
-                                    options=ocp.CheckpointManagerOptions(read_only=True))
-    try:
+    with reader(root) as manager:
         return manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
-    finally:
-        manager.close()
+
+
+def read_state(root: str, step: int, sharding: jax.sharding.Sharding, target=None) -> Any:
+    """The 'state' item placed with `sharding`, whatever devices it was saved from (a pod's
+    checkpoint restores on one CPU). `target` fixes the tree structure (a TrainState)."""
+    with reader(root) as manager:
+        layout = manager.item_metadata(step)[STATE] if target is None else target
+        abstract = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), layout)
+        return manager.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore(abstract)}))[STATE]
 
 
 def default_step(root: str) -> int:
     """The best step by validation accuracy where one was recorded, else the latest."""
     if not os.path.isdir(root):
         raise CheckpointError(f"no checkpoint directory at {root}")
-    manager = ocp.CheckpointManager(root, options=ocp.CheckpointManagerOptions(read_only=True))
+    manager = reader(root)
     try:
         steps = manager.all_steps()
         if not steps:
@@ -121,10 +133,7 @@ def load_variables(path: str | os.PathLike, step: int | None = None) -> tuple[di
     step = default_step(root) if step is None else step
     try:
         spec = ModelSpec.from_dict(read_meta(root, step)["spec"])
-        manager = ocp.CheckpointManager(root, item_names=(STATE, META),
-                                        options=ocp.CheckpointManagerOptions(read_only=True))
-        state = manager.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore()}))[STATE]
-        manager.close()
+        state = read_state(root, step, jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
     except (FileNotFoundError, KeyError, ValueError) as error:
         raise CheckpointError(f"cannot read the checkpoint at {root} step {step}: {error}") from error
     variables = {k: state[k] for k in ("params", "batch_stats") if k in state}

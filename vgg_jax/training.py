@@ -265,7 +265,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state = create_train_state(model, tx, train.seed, variables)
     plateau = {"best": -1.0, "evals_without_gain": 0, "drops": 0}
     if resume_step is not None:
-        state, plateau, spec = restore(manager, resume_step, state, spec, workdir)
+        state, plateau, spec = restore(manager, resume_step, state, spec, workdir, mesh)
         log.info("resumed from %s at step %d", workdir, resume_step)
     state = sharding.replicate(state, mesh)
 
@@ -325,13 +325,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return results
 
 
-def restore(manager, step: int, state: TrainState, spec, workdir: str):
+def restore(manager, step: int, state: TrainState, spec, workdir: str, mesh):
     meta = checkpoints.read_meta(manager.directory, step)
     check_same_model(meta, spec, workdir)
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), state)
     try:
-        restored = manager.restore(step, args=checkpoints.ocp.args.Composite(**{
-            checkpoints.STATE: checkpoints.ocp.args.StandardRestore(abstract)}))[checkpoints.STATE]
+        restored = checkpoints.read_state(manager.directory, step, sharding.replicated(mesh), target=state)
     except (ValueError, KeyError) as error:
         raise checkpoints.CheckpointError(
             f"the checkpoint at {workdir} step {step} does not fit this config's model or optimiser: {error}") from error
