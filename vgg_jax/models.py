@@ -14,7 +14,7 @@ class score map used by dense evaluation.
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
