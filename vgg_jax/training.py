@@ -165,10 +165,10 @@ def eval_step(variables: dict, batch: dict, *, model: vgg_jax.VGG) -> dict:
             "count": jnp.sum(mask)}
 
 
-def evaluate(variables: dict, model: vgg_jax.VGG, data: ml_collections.ConfigDict, *,
+def evaluate(variables: dict, step, data: ml_collections.ConfigDict, *,
              batch_size: int, normalization: Normalization, mesh) -> dict[str, float]:
-    """Centre-crop top-1/top-5 accuracy and loss on the evaluation split."""
-    step = jax.jit(functools.partial(eval_step, model=model))
+    """Centre-crop top-1/top-5 accuracy and loss on the evaluation split; `step` is the jitted
+    eval_step, built once per run so that evaluations do not re-trace it."""
     totals = None
     for local in input_pipeline.eval_batches(data, global_batch_size=batch_size,
                                              normalization=normalization):
@@ -274,6 +274,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             f.write(config.to_json_best_effort(indent=2))
     step_fn = jax.jit(functools.partial(train_step, model=model, tx=tx, accum_steps=train.accum_steps),
                       donate_argnums=0)
+    eval_fn = jax.jit(functools.partial(eval_step, model=model))
     batches = input_pipeline.train_batches(config.data, global_batch_size=train.batch_size,
                                            normalization=spec.normalization, seed=train.seed,
                                            start_step=int(state.step))
@@ -300,7 +301,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                            | {"learning_rate": current_learning_rate(state)})
             metrics = {"step": step, "train_loss": train_metrics["loss"], "train_top1": train_metrics["top1"]}
             if evaluate_now:
-                val = evaluate(state.variables(), model, config.data, batch_size=train.eval_batch_size,
+                val = evaluate(state.variables(), eval_fn, config.data, batch_size=train.eval_batch_size,
                                normalization=spec.normalization, mesh=mesh)
                 metrics |= val
                 writer.scalars(step, val)
