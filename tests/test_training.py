@@ -149,7 +149,6 @@ def test_preinit_through_training_logs_and_uses_net_a(tmp_path, caplog):
 
 def test_preinit_with_incompatible_shapes_names_the_layers():
     _, source = tiny_variables("vgg11", seed=1)
-    _, target = tiny_variables("vgg16", seed=2, )
     wide = jax.tree.map(np.asarray, vgg_jax.vgg16(num_classes=10, width=0.25, image_size=32).init(
         jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
     with pytest.raises(checkpoints.CheckpointError, match="conv1_1: expected .*fc8"):
