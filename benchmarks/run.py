@@ -48,7 +48,7 @@ def interleaved_medians(fns: dict, rounds: int) -> dict[str, float]:
 def matmul_flops():
     """A jitted float32 4096 x 4096 matmul and its FLOPs: the peak the networks are held against."""
     a = jnp.ones((MATMUL_SIZE, MATMUL_SIZE), jnp.float32)
-    matmul = jax.jit(jnp.matmul)
+    matmul = vgg_jax.jit(jnp.matmul)
     return lambda: matmul(a, a).block_until_ready(), 2 * MATMUL_SIZE**3
 
 
@@ -109,9 +109,9 @@ def dense_eval_cost(batch: int, rounds: int, rng: np.random.Generator) -> float:
     """Seconds of VGG-16 dense evaluation at Q=384 over seconds of its conv stack alone."""
     images = jnp.asarray(rng.standard_normal((batch, DENSE_SIZE, DENSE_SIZE, 3), np.float32))
     model, trunk = vgg_jax.vgg16(), vgg_jax.vgg16(include_top=False)
-    variables = jax.jit(model.init)(jax.random.PRNGKey(0), images[:1, :224, :224])
-    dense = jax.jit(lambda v, x: model.apply(v, x, dense=True))
-    convs = jax.jit(lambda v, x: trunk.apply(v, x))
+    variables = vgg_jax.jit(model.init)(jax.random.PRNGKey(0), images[:1, :224, :224])
+    dense = vgg_jax.jit(lambda v, x: model.apply(v, x, dense=True))
+    convs = vgg_jax.jit(lambda v, x: trunk.apply(v, x))
     seconds = interleaved_medians(dict(
         dense=lambda: dense(variables, images).block_until_ready(),
         convs=lambda: convs(variables, images).block_until_ready(),

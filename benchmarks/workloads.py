@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 
-import jax
 import jax.numpy as jnp
 
 import vgg_jax
@@ -38,8 +37,8 @@ def jax_functions(arch: str, dtype, images, labels):
     batch = {"image": jnp.asarray(images), "label": jnp.asarray(labels)}
     tx = training.make_optimizer(default_config.get_config().train, steps_per_epoch=1)
     state = [training.create_train_state(model, tx, seed=0)]
-    train_step = jax.jit(functools.partial(training.train_step, model=model, tx=tx), donate_argnums=0)
-    forward = jax.jit(lambda variables, x: model.apply(variables, x))
+    train_step = vgg_jax.jit(functools.partial(training.train_step, model=model, tx=tx), donate_argnums=0)
+    forward = vgg_jax.jit(lambda variables, x: model.apply(variables, x))
 
     def run_train():
         state[0], metrics = train_step(state[0], batch)

@@ -61,9 +61,9 @@ def test_dense_on_a_224_input_equals_the_single_crop_fc_head():
     model = vgg_jax.vgg11(num_classes=10, width=1 / 16, image_size=224, init_scheme="glorot")
     variables = init(model)
     image = np.random.default_rng(0).standard_normal((1, 224, 224, 3)).astype(np.float32)
-    scores, valid = jax.jit(evaluation.dense_score_maps, static_argnums=0)(
+    scores, valid = vgg_jax.jit(evaluation.dense_score_maps, static_argnums=0)(
         model, variables, image, np.array([[224, 224]]))
-    fc_logits = np.asarray(jax.jit(model.apply)(variables, image))
+    fc_logits = np.asarray(vgg_jax.jit(model.apply)(variables, image))
     assert scores.shape == (1, 1, 1, 10) and bool(valid.all())
     np.testing.assert_allclose(scores[:, 0, 0], fc_logits, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(evaluation.spatial_softmax(scores, valid), softmax(fc_logits), atol=1e-6)

@@ -37,7 +37,7 @@ def test_features_equal_torch_activations(vgg16_pair):
     reference, model, variables = vgg16_pair
     images = input_images(32)
     names = ("relu1_2", "relu3_3", "pool5", "relu7")
-    features = jax.jit(lambda v, x: extract_features(model, v, x, names))(variables, images)
+    features = vgg_jax.jit(lambda v, x: extract_features(model, v, x, names))(variables, images)
     assert set(features) == set(names)
     for name in names:
         np.testing.assert_allclose(features[name], torch_activation(reference, images, name), atol=1e-4, rtol=1e-4)
@@ -49,14 +49,16 @@ def test_perceptual_loss_equals_torch_and_differentiates(vgg16_pair):
     names, weights = ("relu1_2", "relu3_3"), (1.0, 0.5)
     expected = sum(w * np.mean((torch_activation(reference, x, n) - torch_activation(reference, y, n)) ** 2)
                    for n, w in zip(names, weights))
-    loss = jax.jit(lambda a, b: perceptual_loss(model, variables, a, b, names, weights))
+    loss = vgg_jax.jit(lambda a, b: perceptual_loss(model, variables, a, b, names, weights))
     np.testing.assert_allclose(loss(x, y), expected, rtol=1e-4)
 
-    grad = jax.jit(jax.grad(lambda a, b: perceptual_loss(model, variables, a, b, names, weights)))
+    grad = vgg_jax.jit(jax.grad(lambda a, b: perceptual_loss(model, variables, a, b, names, weights)))
     g = grad(x, y)
     assert bool(jnp.all(jnp.isfinite(g))) and float(jnp.max(jnp.abs(g))) > 0
-    assert float(loss(x, x)) == 0.0
-    np.testing.assert_array_equal(grad(x, x), np.zeros_like(x))
+    # Identical images: zero up to rounding (XLA:CPU's convolution may round an image
+    # differently at another position in the batch).
+    assert float(loss(x, x)) <= 1e-9 * float(loss(x, y))
+    assert float(jnp.max(jnp.abs(grad(x, x)))) <= 1e-6 * float(jnp.max(jnp.abs(g)))
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +94,7 @@ def manual_descriptor(model, variables, image):
 def test_descriptor_is_unit_norm_flip_invariant_and_the_appendix_b_recipe(small_net):
     model, variables = small_net
     images = np.asarray(jax.random.normal(jax.random.key(1), (2, 64, 96, 3)))
-    describe = jax.jit(lambda x: image_descriptor(model, variables, x))
+    describe = vgg_jax.jit(lambda x: image_descriptor(model, variables, x))
     descriptors = describe(images)
     assert descriptors.shape == (2, 512)
     np.testing.assert_allclose(jnp.linalg.norm(descriptors, axis=-1), 1.0, rtol=1e-5)

@@ -207,6 +207,19 @@ def test_grad_inside_a_user_jitted_loss():
     np.testing.assert_allclose(grads["fc8"]["bias"], expected, atol=1e-6)
 
 
+def test_library_jit_keeps_convolutions_on_xla_with_the_same_results():
+    # vgg_jax.jit compiles with COMPILER_OPTIONS (see vgg_jax.compilation): XLA's own CPU
+    # convolutions rather than YNNPACK fusions, and the same logits as a plain jax.jit.
+    model = vgg_jax.vgg11(num_classes=3, width=0.125, image_size=32)
+    variables = init_variables(model, 32)
+    images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+    ours = vgg_jax.jit(model.apply)
+    program = ours.lower(variables, images).compile().as_text()
+    assert "convolution(" in program and "ynn" not in program
+    np.testing.assert_allclose(ours(variables, images), jax.jit(model.apply)(variables, images),
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_vmap_over_images_equals_batched_apply():
     model = vgg_jax.vgg11_lrn(num_classes=3, width=0.125, image_size=32)
     variables = init_variables(model, 32)

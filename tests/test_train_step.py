@@ -36,7 +36,7 @@ def run_steps(model, train, data, steps=1, accum_steps=1, devices=None, seed=0):
     tx = training.make_optimizer(train, steps_per_epoch=10)
     mesh = sharding.data_mesh(devices)
     state = sharding.replicate(training.create_train_state(model, tx, seed), mesh)
-    step = jax.jit(functools.partial(training.train_step, model=model, tx=tx, accum_steps=accum_steps))
+    step = vgg_jax.jit(functools.partial(training.train_step, model=model, tx=tx, accum_steps=accum_steps))
     for _ in range(steps):
         state, metrics = step(state, sharding.global_batch(data, mesh))
     return state, metrics

@@ -52,7 +52,7 @@ def test_one_train_step_for_every_variant_on_mock_imagenet(arch):
     config.train.learning_rate = 1e-3
     tx = training.make_optimizer(config.train, steps_per_epoch=1)
     state = training.create_train_state(model, tx, seed=0, variables=numpy_init(model))
-    new_state, metrics = jax.jit(lambda s, b: training.train_step(s, b, model=model, tx=tx))(state, batch)
+    new_state, metrics = vgg_jax.jit(lambda s, b: training.train_step(s, b, model=model, tx=tx))(state, batch)
     assert batch["image"].shape == (8, 32, 32, 3)
     assert np.isfinite(float(metrics["loss"])) and int(new_state.step) == 1
     assert not np.allclose(new_state.params["conv1_1"]["kernel"], state.params["conv1_1"]["kernel"])

@@ -2,6 +2,7 @@
 
 import functools
 
+from vgg_jax.compilation import COMPILER_OPTIONS, jit
 from vgg_jax.models import LAYOUTS, VGG
 
 # Named constructors: partials over the one VGG module (config letters from the paper).
@@ -30,4 +31,4 @@ def create_model(arch: str, **kwargs) -> VGG:
     return ARCHITECTURES[arch](**kwargs)
 
 
-__all__ = ["VGG", "LAYOUTS", "ARCHITECTURES", "create_model", *ARCHITECTURES]
+__all__ = ["VGG", "LAYOUTS", "COMPILER_OPTIONS", "jit", "ARCHITECTURES", "create_model", *ARCHITECTURES]

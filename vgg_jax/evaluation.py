@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import vgg_jax
-from vgg_jax import checkpoints, input_pipeline, models, sharding
+from vgg_jax import checkpoints, compilation, input_pipeline, models, sharding
 from vgg_jax import preprocessing as pp
 
 log = logging.getLogger("vgg_jax.eval")
@@ -116,7 +116,7 @@ def dense_score_maps(model: vgg_jax.VGG, variables: dict, images: jax.Array,
     padded = images.shape[1:3]
 
     def zero_outside_images(next_fun, args, kwargs, context):
-        if context.method_name == "__call__" and isinstance(context.module, models.Conv):
+        if context.method_name == "__call__" and isinstance(context.module, nn.Conv):
             x = args[0]
             args = (x * valid_positions(sizes, padded, x.shape[1:3])[..., None].astype(x.dtype), *args[1:])
         return next_fun(*args, **kwargs)
@@ -150,13 +150,13 @@ def crop_posteriors(model, variables, crops: jax.Array) -> jax.Array:
     return jax.nn.softmax(logits).reshape(n, k, -1).mean(axis=1)
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@functools.partial(compilation.jit, static_argnums=0)
 def crop_methods(model, variables, centre, grid) -> dict:
     return {"single-crop": crop_posteriors(model, variables, centre),
             "multi-crop": crop_posteriors(model, variables, grid)}
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@functools.partial(compilation.jit, static_argnums=0)
 def dense_method(model, variables, images, sizes) -> dict:
     return {"dense": dense_posteriors(model, variables, images, sizes)}
 

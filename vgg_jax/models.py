@@ -65,64 +65,6 @@ def sliding_windows(x: jax.Array, window: int) -> jax.Array:
     return jnp.concatenate(shifted, axis=-1)
 
 
-def same_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """Stride-1 'SAME' convolution of NHWC images with an HWIO kernel."""
-    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
-def kernel_gradient(x: jax.Array, grad: jax.Array, size: int) -> jax.Array:
-    """d(loss)/d(kernel) of `same_conv` as one matmul per kernel tap: sum over n, h, w of x shifted
-    by the tap times the output gradient. XLA:CPU's own filter gradient runs 3-10x below its
-    matmul speed on VGG's layers, and it dominated the train step."""
-    height, width, channels = x.shape[1:]
-    pad = size // 2
-    padded = jnp.pad(x, ((0, 0), (pad, size - 1 - pad), (pad, size - 1 - pad), (0, 0)))
-    grad = grad.reshape(-1, grad.shape[-1])
-    taps = [padded[:, i : i + height, j : j + width, :].reshape(-1, channels).T @ grad
-            for i in range(size) for j in range(size)]
-    return jnp.stack(taps).reshape(size, size, channels, -1)
-
-
-@jax.custom_vjp
-def conv_with_fast_kernel_gradient(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """`same_conv`, differentiated by `kernel_gradient` on CPU and by XLA elsewhere."""
-    return same_conv(x, kernel)
-
-
-def _conv_forward(x, kernel):
-    return same_conv(x, kernel), (x, kernel)
-
-
-def _conv_backward(residuals, grad):
-    x, kernel = residuals
-    x_grad, xla_kernel_grad = jax.vjp(same_conv, x, kernel)[1](grad)
-    kernel_grad = jax.lax.platform_dependent(
-        cpu=lambda: kernel_gradient(x, grad, kernel.shape[0]), default=lambda: xla_kernel_grad)
-    return x_grad, kernel_grad
-
-
-conv_with_fast_kernel_gradient.defvjp(_conv_forward, _conv_backward)
-
-
-class Conv(nn.Module):
-    """`nn.Conv(features, (k, k), padding="SAME")` with the same parameters and forward pass,
-    and a faster kernel gradient on CPU (`conv_with_fast_kernel_gradient`)."""
-
-    features: int
-    kernel_size: int
-    dtype: Any = jnp.float32
-    kernel_init: Any = nn.initializers.lecun_normal()
-    bias_init: Any = nn.initializers.zeros
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        shape = (self.kernel_size, self.kernel_size, x.shape[-1], self.features)
-        kernel = self.param("kernel", self.kernel_init, shape, jnp.float32)
-        bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        return conv_with_fast_kernel_gradient(x, kernel) + bias
-
-
 def initializers(scheme: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Kernel/bias initialisers for (convs, dense layers) under one named scheme."""
     zeros = nn.initializers.zeros
@@ -210,8 +152,8 @@ class VGG(nn.Module):
         for block, kernels in enumerate(LAYOUTS[self.layout], start=1):
             for index, kernel in enumerate(kernels, start=1):
                 name = f"{block}_{index}"
-                x = Conv(self.scaled(BLOCK_WIDTHS[block - 1]), kernel, dtype=self.dtype,
-                         name=f"conv{name}", **conv_init)(x)
+                x = nn.Conv(self.scaled(BLOCK_WIDTHS[block - 1]), (kernel, kernel), padding="SAME",
+                            dtype=self.dtype, name=f"conv{name}", **conv_init)(x)
                 self.sow("intermediates", f"preact{name}", x)
                 if self.batch_norm:  # torchvision's order: conv -> BN -> ReLU
                     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,

@@ -14,15 +14,14 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from vgg_jax import checkpoints, evaluation  # noqa: E402
+from vgg_jax import checkpoints, compilation, evaluation  # noqa: E402
 from vgg_jax import preprocessing as pp  # noqa: E402
 
 IMAGENET_CLASSES = 1000
-_dense_score_maps = jax.jit(evaluation.dense_score_maps, static_argnums=0)
+_dense_score_maps = compilation.jit(evaluation.dense_score_maps, static_argnums=0)
 
 
 def class_names(spec: checkpoints.ModelSpec, num_classes: int) -> list[str]:

@@ -24,7 +24,7 @@ import numpy as np
 import optax
 
 import vgg_jax
-from vgg_jax import checkpoints, input_pipeline, sharding
+from vgg_jax import checkpoints, compilation, input_pipeline, sharding
 from vgg_jax.normalization import Normalization
 
 log = logging.getLogger("vgg_jax.train")
@@ -100,7 +100,7 @@ def create_train_state(model: vgg_jax.VGG, tx: optax.GradientTransformation, see
     init_key, dropout_key = jax.random.split(jax.random.PRNGKey(seed))
     size = model.image_size
     if variables is None:
-        variables = jax.jit(model.init)(init_key, jnp.zeros((1, size, size, 3), jnp.float32))
+        variables = compilation.jit(model.init)(init_key, jnp.zeros((1, size, size, 3), jnp.float32))
     params = variables["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
@@ -221,8 +221,8 @@ def initial_variables(config, model, workdir_has_checkpoint: bool):
     if not train.init_from or workdir_has_checkpoint:
         return None, None
     source, source_spec, _ = checkpoints.load_variables(train.init_from)
-    target = jax.jit(model.init)(jax.random.PRNGKey(train.seed),
-                                 jnp.zeros((1, model.image_size, model.image_size, 3)))
+    target = compilation.jit(model.init)(jax.random.PRNGKey(train.seed),
+                                         jnp.zeros((1, model.image_size, model.image_size, 3)))
     target = jax.tree.map(np.asarray, target)
     layers = checkpoints.layers_to_copy(train.init_layers, target["params"])
     variables, copied = checkpoints.copy_layers(target, source, layers)
@@ -272,9 +272,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
-    step_fn = jax.jit(functools.partial(train_step, model=model, tx=tx, accum_steps=train.accum_steps),
-                      donate_argnums=0)
-    eval_fn = jax.jit(functools.partial(eval_step, model=model))
+    step_fn = compilation.jit(
+        functools.partial(train_step, model=model, tx=tx, accum_steps=train.accum_steps), donate_argnums=0)
+    eval_fn = compilation.jit(functools.partial(eval_step, model=model))
     batches = input_pipeline.train_batches(config.data, global_batch_size=train.batch_size,
                                            normalization=spec.normalization, seed=train.seed,
                                            start_step=int(state.step))

@@ -1,0 +1,25 @@
+"""`jit`: jax.jit with the XLA compiler options vgg_jax relies on, set per program.
+
+XLA:CPU in jaxlib 0.10 hands convolutions and matmuls to YNNPACK by default. On VGG's 3x3
+layers (batch 8, 2-core AVX2 machine) its forward convolution ran at 0.6-0.9x XLA's own
+(Eigen) convolution and its kernel gradient 4-17x slower, which made vgg16 0.7-0.8x PyTorch.
+An empty list of YNNPACK fusion types keeps them on Eigen: vgg16 then runs its forward pass
+~1.1x and its train step ~1.4x PyTorch (benchmarks/run.py). Everything stays float32; results
+differ from the default only by summation order. The option is read by XLA:CPU alone, and it is
+set per jitted program, never through the process-wide XLA_FLAGS, so other JAX code in the
+same process keeps its own defaults.
+
+Use `vgg_jax.jit` (or pass `compiler_options=vgg_jax.COMPILER_OPTIONS` to `jax.jit`) for your
+own programs that run a VGG on CPU.
+"""
+
+from __future__ import annotations
+
+import jax
+
+COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def jit(fun, **kwargs):
+    """`jax.jit(fun, **kwargs)` with COMPILER_OPTIONS added to any `compiler_options` given."""
+    return jax.jit(fun, compiler_options=COMPILER_OPTIONS | kwargs.pop("compiler_options", {}), **kwargs)
