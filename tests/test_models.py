@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import vgg_jax
-from vgg_jax.models import BLOCK_WIDTHS, LAYOUTS, local_response_norm
+from vgg_jax.models import BLOCK_WIDTHS, LAYOUTS, local_response_norm, max_pool_2x2
 
 # PAPER.md: exact parameter counts with a 1000-way head (BN variants count scale and bias).
 PAPER_PARAM_COUNTS = {
@@ -47,6 +47,21 @@ def test_lrn_matches_torch():
     # float64 reference leaves only our float32 rounding: 1e-6 relative, 1e-6 absolute.
     expected = reference(torch.from_numpy(x).double().permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
     np.testing.assert_allclose(local_response_norm(jnp.asarray(x)), expected, atol=1e-6, rtol=1e-6)
+
+
+# --- max-pooling ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(2, 8, 6, 3), (1, 7, 9, 4)])  # odd sides: the last row/column is dropped
+def test_max_pool_and_its_gradient_match_torch(shape):
+    x = np.random.default_rng(0).normal(size=shape).astype(np.float32)  # no ties
+    upstream = np.random.default_rng(1).normal(size=(shape[0], shape[1] // 2, shape[2] // 2, shape[3]))
+    pooled, pullback = jax.vjp(max_pool_2x2, jnp.asarray(x))
+    reference_input = torch.from_numpy(x).permute(0, 3, 1, 2).requires_grad_()
+    reference = torch.nn.functional.max_pool2d(reference_input, 2)
+    reference.backward(torch.from_numpy(upstream.astype(np.float32)).permute(0, 3, 1, 2))
+    np.testing.assert_array_equal(pooled, reference.detach().permute(0, 2, 3, 1).numpy())
+    np.testing.assert_array_equal(pullback(jnp.asarray(upstream, jnp.float32))[0],
+                                  reference_input.grad.permute(0, 2, 3, 1).numpy())
 
 
 # --- parity with torchvision-layout torch networks -------------------------------------------

@@ -16,7 +16,7 @@ def train_config(**overrides):
     train = ml_collections.ConfigDict(dict(
         learning_rate=0.05, momentum=0.9, weight_decay=5e-4, decay_biases_and_bn=False,
         schedule="plateau", backbone_lr_multiplier=1.0, plateau_patience=2, plateau_factor=0.1,
-        plateau_min_delta=1e-3, num_steps=0, num_epochs=1, step_epochs=()))
+        plateau_min_delta=1e-3, num_steps=0, num_epochs=1, step_epochs=(), accum_steps=1))
     train.update(overrides)
     return train
 
@@ -32,11 +32,11 @@ def batch(size=8, seed=0):
             "label": rng.integers(0, 4, size).astype(np.int32)}
 
 
-def run_steps(model, train, data, steps=1, accum_steps=1, devices=None, seed=0):
+def run_steps(model, train, data, steps=1, devices=None, seed=0):
     tx = training.make_optimizer(train, steps_per_epoch=10)
     mesh = sharding.data_mesh(devices)
     state = sharding.replicate(training.create_train_state(model, tx, seed), mesh)
-    step = vgg_jax.jit(functools.partial(training.train_step, model=model, tx=tx, accum_steps=accum_steps))
+    step = training.jitted_train_step(model, tx, train)
     for _ in range(steps):
         state, metrics = step(state, sharding.global_batch(data, mesh))
     return state, metrics
@@ -76,19 +76,35 @@ def test_four_devices_equal_one_device(arch):
 def test_gradient_accumulation_equals_the_full_batch():
     model, train, data = tiny(), train_config(), batch(8)
     full, _ = run_steps(model, train, data, steps=2, devices=jax.devices()[:1])
-    accumulated, _ = run_steps(model, train, data, steps=2, accum_steps=4, devices=jax.devices()[:1])
+    accumulated, _ = run_steps(model, train_config(accum_steps=4), data, steps=2, devices=jax.devices()[:1])
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
                  accumulated.params, full.params)
 
 
-def test_frozen_backbone_moves_only_the_head():
-    model, data = tiny(), batch()
+def test_frozen_backbone_moves_only_the_head_and_keeps_bn_statistics():
+    model, data = tiny("vgg11_bn"), batch()
     train = train_config(backbone_lr_multiplier=0.0)
     initial = training.create_train_state(model, training.make_optimizer(train, 10), seed=0)
     state, _ = run_steps(model, train, data, steps=2, devices=jax.devices()[:1])
     for layer, values in state.params.items():
-        moved = not np.allclose(values["kernel"], initial.params[layer]["kernel"])
-        assert moved == (layer == "fc8"), layer
+        if layer == "fc8":
+            assert not np.allclose(values["kernel"], initial.params[layer]["kernel"])
+        else:
+            jax.tree.map(np.testing.assert_array_equal, values, initial.params[layer])
+    jax.tree.map(np.testing.assert_array_equal, state.batch_stats, initial.batch_stats)
+
+
+def test_frozen_backbone_gives_fc8_the_full_gradient_update():
+    # Cutting the gradient below fc8 changes which gradients are computed, not fc8's own.
+    model, data = tiny(), batch()
+    train = train_config(backbone_lr_multiplier=0.0)
+    frozen, _ = run_steps(model, train, data, steps=2, devices=jax.devices()[:1])
+    tx = training.make_optimizer(train, steps_per_epoch=10)
+    state = training.create_train_state(model, tx, seed=0)
+    step = vgg_jax.jit(functools.partial(training.train_step, model=model, tx=tx, frozen_backbone=False))
+    for _ in range(2):
+        state, _ = step(state, data)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), frozen.params, state.params)
 
 
 def test_plateau_divides_the_learning_rate_after_patience():

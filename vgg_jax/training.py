@@ -114,14 +114,15 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def train_step(state: TrainState, batch: dict, *, model: vgg_jax.VGG, tx: optax.GradientTransformation,
-               accum_steps: int = 1) -> tuple[TrainState, dict]:
-    """One SGD step on the global batch, averaged over `accum_steps` sequential micro-batches."""
+               accum_steps: int = 1, frozen_backbone: bool = False) -> tuple[TrainState, dict]:
+    """One SGD step on the global batch, averaged over `accum_steps` sequential micro-batches.
+    `frozen_backbone`: train fc8 alone (see VGG), without computing the backbone's gradients."""
     step_key = jax.random.fold_in(state.dropout_key, state.step)
 
     def micro_loss(params, batch_stats, images, labels, key):
         variables = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
-        logits, updates = model.apply(variables, images, train=True, rngs={"dropout": key},
-                                      mutable=["batch_stats"])
+        logits, updates = model.apply(variables, images, train=True, frozen_backbone=frozen_backbone,
+                                      rngs={"dropout": key}, mutable=["batch_stats"])
         loss = cross_entropy(logits, labels).mean()
         return loss, (logits, updates.get("batch_stats", batch_stats))
 
@@ -151,6 +152,13 @@ def train_step(state: TrainState, batch: dict, *, model: vgg_jax.VGG, tx: optax.
     metrics = {"loss": loss_sum / accum_steps, "top1": correct / batch["label"].shape[0]}
     return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                          opt_state=opt_state), metrics
+
+
+def jitted_train_step(model: vgg_jax.VGG, tx: optax.GradientTransformation, train: ml_collections.ConfigDict):
+    """`train_step` as `train` configures it, jitted; it donates (updates in place) the state."""
+    step = functools.partial(train_step, model=model, tx=tx, accum_steps=train.accum_steps,
+                             frozen_backbone=train.backbone_lr_multiplier == 0)
+    return compilation.jit(step, donate_argnums=0)
 
 
 def eval_step(variables: dict, batch: dict, *, model: vgg_jax.VGG) -> dict:
@@ -272,8 +280,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
-    step_fn = compilation.jit(
-        functools.partial(train_step, model=model, tx=tx, accum_steps=train.accum_steps), donate_argnums=0)
+    step_fn = jitted_train_step(model, tx, train)
     eval_fn = compilation.jit(functools.partial(eval_step, model=model))
     batches = input_pipeline.train_batches(config.data, global_batch_size=train.batch_size,
                                            normalization=spec.normalization, seed=train.seed,
