@@ -5,8 +5,6 @@ Kept free of torch so benchmarks/gpu_check.sh needs only jax.
 
 from __future__ import annotations
 
-import functools
-
 import jax.numpy as jnp
 
 import vgg_jax
@@ -30,14 +28,15 @@ def forward_flops(layout: str, size: int = 224, num_classes: int = 1000) -> int:
 
 
 def jax_functions(arch: str, dtype, images, labels):
-    """(forward, train step) closures for one network, using the library's `train_step` with the
-    quickstart config's optimiser (SGD momentum 0.9, L2 5e-4 on kernels); the state is donated
+    """(forward, train step) closures for one network: the library's `jitted_train_step` with the
+    quickstart config's optimiser (SGD momentum 0.9, L2 5e-4 on kernels), the state donated
     and updated in place."""
     model = vgg_jax.create_model(arch, dtype=dtype)
     batch = {"image": jnp.asarray(images), "label": jnp.asarray(labels)}
-    tx = training.make_optimizer(default_config.get_config().train, steps_per_epoch=1)
+    train = default_config.get_config().train
+    tx = training.make_optimizer(train, steps_per_epoch=1)
     state = [training.create_train_state(model, tx, seed=0)]
-    train_step = vgg_jax.jit(functools.partial(training.train_step, model=model, tx=tx), donate_argnums=0)
+    train_step = training.jitted_train_step(model, tx, train)
     forward = vgg_jax.jit(lambda variables, x: model.apply(variables, x))
 
     def run_train():

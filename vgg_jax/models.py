@@ -185,7 +185,7 @@ class VGG(nn.Module):
         scores = self.head(x, train, frozen_backbone)
         return scores if dense else scores[:, 0, 0, :]
 
-    def head(self, features: jax.Array, train: bool, frozen_backbone: bool = False) -> jax.Array:
+    def head(self, features: jax.Array, train: bool, frozen_backbone: bool) -> jax.Array:
         """fc6, fc7, fc8 on every head window of the pool5 map: (N, h, w, C) -> scores."""
         _, dense_init = initializers(self.init_scheme)
         fc = functools.partial(nn.Dense, dtype=self.dtype, **dense_init)
