@@ -2,6 +2,7 @@
 
 import logging
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -32,7 +33,10 @@ def main(argv):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save at INFO
     workdir = flags.FLAGS.workdir or os.path.join("runs", flags.FLAGS.config.name)
-    results = training.train_and_evaluate(flags.FLAGS.config, workdir)
+    try:
+        results = training.train_and_evaluate(flags.FLAGS.config, workdir)
+    except training.USER_ERRORS as error:  # what the user can fix gets one line; bugs keep their traceback
+        sys.exit(f"error: {error}")
     logging.info("done: %s", results)
 
 

@@ -49,6 +49,7 @@ def get_config():
     config.train.plateau_patience = 2  # evaluations without gain before LR / 10
     config.train.plateau_factor = 0.1
     config.train.plateau_min_delta = 1e-3
+    config.train.max_lr_drops = 3  # the paper: three drops, then training stops at the next plateau
     config.train.step_epochs = ()  # LR / 10 at these epochs, for schedule='step'
     config.train.backbone_lr_multiplier = 1.0  # transfer: 0 freezes all but fc8
     config.train.init_from = ""  # a workdir or model directory to copy layers from

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from numerics import assert_float32_close
 import vgg_jax
 from test_weights import TorchvisionVGG, imported_model, input_images
 from vgg_jax.features import extract_features, image_descriptor, perceptual_loss
@@ -40,7 +41,7 @@ def test_features_equal_torch_activations(vgg16_pair):
     features = vgg_jax.jit(lambda v, x: extract_features(model, v, x, names))(variables, images)
     assert set(features) == set(names)
     for name in names:
-        np.testing.assert_allclose(features[name], torch_activation(reference, images, name), atol=1e-4, rtol=1e-4)
+        assert_float32_close(features[name], torch_activation(reference, images, name), terms=25088, layers=15)
 
 
 def test_perceptual_loss_equals_torch_and_differentiates(vgg16_pair):

@@ -11,8 +11,10 @@ accepts either.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import shutil
 from typing import Any, Iterable
 
 import jax
@@ -23,12 +25,21 @@ import vgg_jax
 from vgg_jax.normalization import Normalization
 
 STATE, META = "state", "meta"
+BEST_METRIC = "val_top1"  # the validation metric that ranks steps (higher is better)
 # The paper (Sec. 3.1): deeper nets start from net A's first four convs and three FC layers.
 NET_A_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv3_2", "fc6", "fc7", "fc8")
 
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable, or does not fit the model asked for."""
+
+
+class UnreadableCheckpoint(CheckpointError):
+    """A step whose files are damaged, truncated or missing."""
+
+
+class CheckpointSaveError(RuntimeError):
+    """The filesystem refused a checkpoint (no space, read-only, no permission)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,23 +73,62 @@ def model_root(path: str | os.PathLike) -> str:
 
 def open_manager(root: str, *, keep: int = 3, keep_best: bool = True,
                  async_save: bool = True) -> ocp.CheckpointManager:
-    """Keeps the last `keep` steps and, with `keep_best`, the one with the best 'val_top1'."""
+    """Keeps the last `keep` steps and, with `keep_best`, the one with the best 'val_top1'.
+
+    orbax writes a step's metrics (and so can rank steps) only when `best_fn` is set; the
+    preservation policy then keeps the best step through any number of resumes."""
     policies = [ocp.checkpoint_managers.LatestN(keep)]
     if keep_best:
         policies.append(ocp.checkpoint_managers.BestN(
-            get_metric_fn=lambda metrics: metrics["val_top1"], n=1,
-            keep_checkpoints_without_metrics=False))
+            get_metric_fn=best_metric, n=1, keep_checkpoints_without_metrics=False))
     options = ocp.CheckpointManagerOptions(
+        best_fn=best_metric if keep_best else None, best_mode="max",
         preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
         enable_async_checkpointing=async_save, create=True)
     return ocp.CheckpointManager(root, options=options, item_names=(STATE, META))
 
 
+def best_metric(metrics: dict) -> float:
+    return metrics[BEST_METRIC]
+
+
 def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict,
          metrics: dict | None = None) -> None:
-    manager.save(step, args=ocp.args.Composite(**{
-        STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)}), metrics=metrics,
-        force=True)
+    """Saves (asynchronously where the manager is) and raises CheckpointSaveError naming the
+    directory and the OS error when the filesystem refuses (full, read-only, no permission);
+    the previous steps stay as they were."""
+    with save_errors(manager.directory, step):
+        manager.save(step, args=ocp.args.Composite(**{
+            STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)}), metrics=metrics,
+            force=True)
+
+
+def finish_saving(manager: ocp.CheckpointManager) -> None:
+    """Waits for pending asynchronous saves, raising CheckpointSaveError as `save` does."""
+    with save_errors(manager.directory, manager.latest_step()):
+        manager.wait_until_finished()
+
+
+@contextlib.contextmanager
+def save_errors(directory, step):
+    try:
+        yield
+    except CheckpointSaveError:
+        raise
+    except Exception as error:  # orbax and tensorstore wrap OS errors in their own types
+        raise CheckpointSaveError(f"cannot save checkpoint step {step} in {directory}: "
+                                  f"{os_error_text(error)}") from error
+
+
+def os_error_text(error: BaseException) -> str:
+    """The OS error behind `error` ('[Errno 28] No space left on device'), else its first line."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return f"[Errno {seen.errno}] {seen.strerror}"
+        seen = seen.__cause__ or seen.__context__
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
 
 
 def save_model(directory: str | os.PathLike, variables: dict, spec: ModelSpec) -> None:
@@ -86,15 +136,15 @@ def save_model(directory: str | os.PathLike, variables: dict, spec: ModelSpec) -
     manager = open_manager(os.path.abspath(os.fspath(directory)), keep=1, keep_best=False,
                            async_save=False)
     save(manager, 0, dict(variables), {"spec": spec.to_dict()})
-    manager.wait_until_finished()
+    finish_saving(manager)
     manager.close()
 
 
 def reader(root: str) -> ocp.CheckpointManager:
-    """A read-only manager that knows both items' handlers, so it can read their metadata."""
-    return ocp.CheckpointManager(root, options=ocp.CheckpointManagerOptions(read_only=True),
-                                 item_handlers={STATE: ocp.StandardCheckpointHandler(),
-                                                META: ocp.JsonCheckpointHandler()})
+    """A read-only manager that knows both items' handlers and ranks steps by BEST_METRIC."""
+    return ocp.CheckpointManager(root, options=ocp.CheckpointManagerOptions(
+        read_only=True, best_fn=best_metric, best_mode="max"),
+        item_handlers={STATE: ocp.PyTreeCheckpointHandler(), META: ocp.JsonCheckpointHandler()})
 
 
 def read_meta(root: str, step: int) -> dict:
@@ -102,42 +152,69 @@ def read_meta(root: str, step: int) -> dict:
         return manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
 
 
-def read_state(root: str, step: int, sharding: jax.sharding.Sharding, target=None) -> Any:
+def read_state(root: str, step: int, sharding: jax.sharding.Sharding, target=None,
+               collections: Iterable[str] | None = None) -> Any:
     """The 'state' item placed with `sharding`, whatever devices it was saved from (a pod's
-    checkpoint restores on one CPU). `target` fixes the tree structure (a TrainState)."""
+    checkpoint restores on one CPU). `target` fixes the tree structure (a TrainState);
+    `collections` reads only those top-level entries (the weights without the optimiser)."""
     with reader(root) as manager:
         layout = manager.item_metadata(step)[STATE] if target is None else target
+        if collections is not None:
+            layout = {name: layout[name] for name in collections if name in layout}
         abstract = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), layout)
-        return manager.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore(abstract)}))[STATE]
+        restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), abstract)
+        return manager.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.PyTreeRestore(
+            abstract, restore_args=restore_args, partial_restore=collections is not None)}))[STATE]
 
 
 def default_step(root: str) -> int:
     """The best step by validation accuracy where one was recorded, else the latest."""
     if not os.path.isdir(root):
         raise CheckpointError(f"no checkpoint directory at {root}")
-    manager = reader(root)
-    try:
-        steps = manager.all_steps()
-        if not steps:
+    with reader(root) as manager:
+        if manager.latest_step() is None:
             raise CheckpointError(f"{root} holds no checkpoint steps")
-        best = manager.best_step() if any(
-            manager.metrics(s) for s in steps) else None  # metrics() is None without metrics
-        return best if best is not None else manager.latest_step()
-    finally:
-        manager.close()
+        best = manager.best_step()  # None when no step has metrics
+        return manager.latest_step() if best is None else best
+
+
+def step_metrics(root: str) -> dict[int, dict | None]:
+    """Each step's recorded validation metrics (None for steps saved between evaluations)."""
+    with reader(root) as manager:
+        return {step: manager.metrics(step) for step in manager.all_steps()}
 
 
 def load_variables(path: str | os.PathLike, step: int | None = None) -> tuple[dict, ModelSpec, int]:
-    """(variables, spec, step) of a workdir or model directory, without needing its optimiser."""
+    """(variables, spec, step) of a workdir or model directory: its parameters and batch
+    statistics only (the optimiser state is never read). Default step: `default_step`."""
     root = model_root(path)
     step = default_step(root) if step is None else step
-    try:
+    with read_errors(root, step):
         spec = ModelSpec.from_dict(read_meta(root, step)["spec"])
-        state = read_state(root, step, jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
-    except (FileNotFoundError, KeyError, ValueError) as error:
-        raise CheckpointError(f"cannot read the checkpoint at {root} step {step}: {error}") from error
-    variables = {k: state[k] for k in ("params", "batch_stats") if k in state}
-    return jax.tree.map(np.asarray, variables), spec, step
+        state = read_state(root, step, jax.sharding.SingleDeviceSharding(jax.local_devices()[0]),
+                           collections=("params", "batch_stats"))
+    return jax.tree.map(np.asarray, dict(state)), spec, step
+
+
+@contextlib.contextmanager
+def read_errors(root, step):
+    """Turns whatever orbax and tensorstore raise for missing, damaged or truncated files
+    into one UnreadableCheckpoint naming the step and the reason."""
+    try:
+        yield
+    except Exception as error:  # noqa: BLE001 - they raise many types
+        raise UnreadableCheckpoint(f"cannot read the checkpoint at {root} step {step}: "
+                                   f"{os_error_text(error)}") from error
+
+
+def set_aside(root: str, step: int) -> str:
+    """Moves an unreadable step out of the manager's sight (to `damaged-<step>`), so that it
+    neither counts for retention nor blocks a new save of the same step; returns the new path."""
+    source = os.path.join(root, str(step))
+    target = os.path.join(root, f"damaged-{step}")
+    shutil.rmtree(target, ignore_errors=True)
+    os.rename(source, target)
+    return target
 
 
 def load_model(path: str | os.PathLike, step: int | None = None, **overrides):

@@ -5,8 +5,8 @@ layers (batch 8, 2-core AVX2 machine) its forward convolution ran at 0.6-0.9x XL
 (Eigen) convolution and its kernel gradient 4-17x slower, which made vgg16 0.7-0.8x PyTorch.
 An empty list of YNNPACK fusion types keeps them on Eigen: the vgg16 train step went from 17.6
 to 6.9 s, the forward pass from 2.7 to 1.6-1.9 s (see README, Performance). Everything stays float32; results
-differ from the default only by summation order. The option is read by XLA:CPU alone, and it is
-set per jitted program, never through the process-wide XLA_FLAGS, so other JAX code in the
+differ from the default only by summation order. The option is given to XLA:CPU alone (and only if the installed jaxlib
+accepts it), set per jitted program, never through the process-wide XLA_FLAGS, so other JAX code in the
 same process keeps its own defaults.
 
 Use `vgg_jax.jit` (or pass `compiler_options=vgg_jax.COMPILER_OPTIONS` to `jax.jit`) for your
@@ -15,11 +15,32 @@ own programs that run a VGG on CPU.
 
 from __future__ import annotations
 
+import functools
+import logging
+
 import jax
 
 COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
+@functools.cache
+def compiler_options(backend: str) -> dict:
+    """COMPILER_OPTIONS for XLA:CPU when this jaxlib accepts them (checked once by compiling a
+    tiny program); {} for other backends, and {} with one warning if a jaxlib renamed them."""
+    if backend != "cpu":
+        return {}
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=COMPILER_OPTIONS).lower(1.0).compile()
+    except Exception as error:  # XLA rejects unknown options with a generic runtime error
+        logging.getLogger("vgg_jax").warning(
+            "this jaxlib rejects %s (%s); compiling with XLA's defaults, which are slower on CPU",
+            COMPILER_OPTIONS, str(error).splitlines()[0])
+        return {}
+    return COMPILER_OPTIONS
+
+
 def jit(fun, **kwargs):
-    """`jax.jit(fun, **kwargs)` with COMPILER_OPTIONS added to any `compiler_options` given."""
-    return jax.jit(fun, compiler_options=COMPILER_OPTIONS | kwargs.pop("compiler_options", {}), **kwargs)
+    """`jax.jit(fun, **kwargs)` with COMPILER_OPTIONS added to any `compiler_options` given,
+    when compiling for CPU."""
+    options = compiler_options(jax.default_backend()) | kwargs.pop("compiler_options", {})
+    return jax.jit(fun, compiler_options=options, **kwargs)

@@ -8,6 +8,8 @@ micro-batches so a batch of 256 fits small devices.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -22,9 +24,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from clu import metric_writers
 
 import vgg_jax
-from vgg_jax import checkpoints, compilation, input_pipeline, sharding
+from vgg_jax import checkpoints, compilation, configuration, input_pipeline, sharding
 from vgg_jax.normalization import Normalization
 
 log = logging.getLogger("vgg_jax.train")
@@ -32,6 +35,12 @@ log = logging.getLogger("vgg_jax.train")
 
 class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or Inf."""
+
+
+# What a user can fix (config values, workdirs, disks, a diverging rate): the CLIs print these
+# as one `error:` line; anything else is a bug and keeps its traceback.
+USER_ERRORS = (configuration.ConfigError, checkpoints.CheckpointError, checkpoints.CheckpointSaveError,
+               NonFiniteLoss)
 
 
 @flax.struct.dataclass
@@ -110,7 +119,9 @@ def create_train_state(model: vgg_jax.VGG, tx: optax.GradientTransformation, see
 # --- steps ------------------------------------------------------------------------------------
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+    """In float32 at least: bfloat16 logits are widened, float64 ones (exactness tests) kept."""
+    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
 def train_step(state: TrainState, batch: dict, *, model: vgg_jax.VGG, tx: optax.GradientTransformation,
@@ -205,6 +216,47 @@ def model_kwargs(config: ml_collections.ConfigDict, num_classes: int) -> dict:
             "dropout_rate": m.dropout_rate, "init_scheme": m.init_scheme, "dtype": m.dtype}
 
 
+@dataclasses.dataclass
+class Run:
+    """What the phases of a training run share: built once from the config and workdir."""
+    config: ml_collections.ConfigDict
+    workdir: str
+    model: vgg_jax.VGG
+    tx: optax.GradientTransformation
+    mesh: Any
+    info: input_pipeline.DatasetInfo
+    steps_per_epoch: int
+    num_steps: int
+    manager: Any
+
+    @property
+    def eval_every(self) -> int:
+        return max(1, int(self.config.train.eval_every_epochs * self.steps_per_epoch))
+
+
+@dataclasses.dataclass
+class Progress:
+    """The host-side record a checkpoint carries besides the state (its 'meta' item)."""
+    spec: checkpoints.ModelSpec
+    best_top1: float = -1.0  # plateau tracking: best validation top-1 so far
+    evals_without_gain: int = 0
+    lr_drops: list = dataclasses.field(default_factory=list)  # [{"step", "learning_rate"}]
+    last_eval: dict = dataclasses.field(default_factory=dict)  # the newest validation metrics
+    stopped: str | None = None  # why training ended before num_steps (paper's schedule)
+
+    def meta(self) -> dict:
+        return {**dataclasses.asdict(self), "spec": self.spec.to_dict()}
+
+    def eval_metrics(self) -> dict:
+        """The newest validation metrics, as orbax records them to rank checkpoints."""
+        return {k: v for k, v in self.last_eval.items() if k.startswith("val_")}
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> "Progress":
+        fields = {k: v for k, v in meta.items() if k in {f.name for f in dataclasses.fields(cls)}}
+        return cls(**{**fields, "spec": checkpoints.ModelSpec.from_dict(meta["spec"])})
+
+
 class StopRequest:
     """Turns SIGTERM and Ctrl-C into a flag the loop checks, so it can save before exiting."""
 
@@ -223,12 +275,159 @@ class StopRequest:
             signal.signal(s, handler)
 
 
-def initial_variables(config, model, workdir_has_checkpoint: bool):
+def agreed_stop(local_signal: str | None) -> str | None:
+    """The stop decision every process takes together: a signal to any one process stops all
+    of them at the same step (else the others would wait forever in the next all-reduce)."""
+    if jax.process_count() == 1:
+        return local_signal
+    from jax.experimental import multihost_utils
+
+    flags = multihost_utils.process_allgather(np.int32(local_signal is not None))
+    if not np.any(flags):
+        return None
+    return local_signal or f"a signal to process {int(np.argmax(flags))}"
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains per `config`, checkpointing into and resuming from `workdir`; returns the final
+    metrics (also in workdir/results.json). A finished workdir is left as it is."""
+    configuration.validate(config)
+    run = setup(config, os.path.abspath(workdir))
+    writer = None
+    try:
+        state, progress = restore_or_initialise(run)
+        if int(state.step) >= run.num_steps or progress.stopped:
+            log.info("%s has finished (step %d of %d%s); its results are in results.json. Raise "
+                     "train.num_steps or train.num_epochs to train further", run.workdir, int(state.step),
+                     run.num_steps, f", {progress.stopped}" if progress.stopped else "")
+            return read_results(run.workdir)
+        write_config(run)
+        writer = metric_writers.create_default_writer(run.workdir, just_logging=jax.process_index() > 0)
+        state, progress, outcome = train_loop(run, state, progress, writer)
+        checkpoints.finish_saving(run.manager)
+        return finish(run, state, progress, outcome)
+    finally:
+        if writer is not None:
+            writer.close()
+        close_quietly(run.manager)
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
+    os.makedirs(workdir, exist_ok=True)
+    info = input_pipeline.dataset_info(config.data)
+    model = build_model(config, config.model.num_classes or info.num_classes)
+    steps_per_epoch = max(1, info.num_train // config.train.batch_size)
+    return Run(config, workdir, model, make_optimizer(config.train, steps_per_epoch), sharding.data_mesh(),
+               info, steps_per_epoch, total_steps(config.train, steps_per_epoch),
+               checkpoints.open_manager(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints))
+
+
+def restore_or_initialise(run: Run) -> tuple[TrainState, Progress]:
+    """The newest readable checkpoint of the workdir, else a fresh (or pre-initialised) state.
+    Unreadable newer steps are logged, set aside and skipped."""
+    config = run.config
+    for step in sorted(run.manager.all_steps(), reverse=True):
+        try:
+            state, progress = restore(run, step)
+        except checkpoints.UnreadableCheckpoint as error:  # damaged, truncated or partial files
+            moved = checkpoints.set_aside(run.manager.directory, step)
+            log.warning("%s; moved it to %s, trying the step before", error, moved)
+            run.manager.reload()
+            continue
+        log.info("resumed from %s at step %d", run.workdir, step)
+        return sharding.replicate(apply_config_changes(run, state), run.mesh), progress
+    variables, normalization = initial_variables(config, run.model)
+    normalization = normalization or Normalization(tuple(config.data.mean_rgb), tuple(config.data.std_rgb))
+    spec = checkpoints.ModelSpec(config.model.arch, model_kwargs(config, run.model.num_classes),
+                                 run.info.class_names, normalization)
+    state = create_train_state(run.model, run.tx, config.train.seed, variables)
+    return sharding.replicate(state, run.mesh), Progress(spec)
+
+
+def restore(run: Run, step: int) -> tuple[TrainState, Progress]:
+    """Raises UnreadableCheckpoint for damaged files, CheckpointError for another model or a
+    refused config change (which the user decides on)."""
+    root = run.manager.directory
+    with checkpoints.read_errors(root, step):
+        meta = checkpoints.read_meta(root, step)
+        progress = Progress.from_meta(meta)
+    spec = checkpoints.ModelSpec(run.config.model.arch, model_kwargs(run.config, run.model.num_classes))
+    check_same_model(meta, spec, run.workdir)
+    check_config_changes(run)
+    template = jax.eval_shape(lambda v: create_train_state(run.model, run.tx, run.config.train.seed, v),
+                              checkpoints.abstract_variables(run.model))
+    with checkpoints.read_errors(root, step):  # same model and optimiser: a failure here is damage
+        state = checkpoints.read_state(root, step, sharding.replicated(run.mesh), target=template)
+    return state, progress
+
+
+# Config fields whose change on resume would change which examples the run sees, or its schedule.
+REFUSED_CHANGES = ("train.batch_size", "train.seed", "train.accum_steps", "train.schedule", "train.step_epochs",
+                   "data.source", "data.data_dir", "data.train_split")
+
+
+def check_config_changes(run: Run) -> None:
+    """Refuses a resume whose config changes the example order or the schedule's kind; the
+    learning rate may change (applied by apply_config_changes, and logged)."""
+    previous = read_run_config(run.workdir)
+    changed = [(field, old, new) for field, old, new in config_differences(previous, run.config)
+               if field in REFUSED_CHANGES]
+    if changed:
+        listing = ", ".join(f"{field} {old!r} -> {new!r}" for field, old, new in changed)
+        raise checkpoints.CheckpointError(
+            f"{run.workdir} was trained with another config ({listing}); resuming would change the "
+            "examples or schedule it sees. Use the run's values or another --workdir")
+
+
+def apply_config_changes(run: Run, state: TrainState) -> TrainState:
+    """A changed train.learning_rate is applied from the resume step on (plateau schedule:
+    it replaces the current, possibly divided, rate)."""
+    previous = read_run_config(run.workdir)
+    for field, old, new in config_differences(previous, run.config):
+        if field == "train.learning_rate":
+            log.warning("train.learning_rate changed from %g to %g since the last run: using %g from "
+                        "step %d on", old, new, new, int(state.step))
+            state = with_learning_rate(state, new) if run.config.train.schedule == "plateau" else state
+    return state
+
+
+def config_differences(previous: dict | None, config: ml_collections.ConfigDict) -> list[tuple[str, Any, Any]]:
+    if previous is None:
+        return []
+    current = json.loads(config.to_json_best_effort())
+    fields = [*REFUSED_CHANGES, "train.learning_rate"]
+    differences = []
+    for field in fields:
+        section, name = field.split(".")
+        old, new = previous.get(section, {}).get(name), current[section][name]
+        if old is not None and old != new:
+            differences.append((field, old, new))
+    return differences
+
+
+def read_run_config(workdir: str) -> dict | None:
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_config(run: Run) -> None:
+    if jax.process_index() == 0:
+        with open(os.path.join(run.workdir, "config.json"), "w") as f:
+            f.write(run.config.to_json_best_effort(indent=2))
+
+
+def initial_variables(config, model):
     """Pre-initialisation (init_from) for a new run: (variables or None, normalisation or None)."""
     train = config.train
-    if not train.init_from or workdir_has_checkpoint:
+    if not train.init_from:
         return None, None
-    source, source_spec, _ = checkpoints.load_variables(train.init_from)
+    try:
+        source, source_spec, _ = checkpoints.load_variables(train.init_from)
+    except checkpoints.CheckpointError as error:
+        raise checkpoints.CheckpointError(f"train.init_from={train.init_from!r}: {error}") from error
     target = compilation.jit(model.init)(jax.random.PRNGKey(train.seed),
                                          jnp.zeros((1, model.image_size, model.image_size, 3)))
     target = jax.tree.map(np.asarray, target)
@@ -249,111 +448,116 @@ def check_same_model(meta: dict, spec: checkpoints.ModelSpec, workdir: str) -> N
             f"= {theirs}, but the config asks for {ours}; use another --workdir")
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains per `config`, checkpointing into and resuming from `workdir`; returns final metrics."""
-    train = config.train
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
-    info = input_pipeline.dataset_info(config.data)
-    num_classes = config.model.num_classes or info.num_classes
-    model = build_model(config, num_classes)
-    mesh = sharding.data_mesh()
-    sharding.check_global_batch(train.batch_size, mesh)
-    if train.batch_size % train.accum_steps:
-        raise ValueError(f"train.batch_size {train.batch_size} is not divisible by train.accum_steps {train.accum_steps}")
-    steps_per_epoch = max(1, info.num_train // train.batch_size)
-    num_steps = total_steps(train, steps_per_epoch)
-    tx = make_optimizer(train, steps_per_epoch)
-
-    manager = checkpoints.open_manager(os.path.join(workdir, "checkpoints"), keep=train.keep_checkpoints)
-    resume_step = manager.latest_step()
-    variables, normalization = initial_variables(config, model, resume_step is not None)
-    normalization = normalization or Normalization(tuple(config.data.mean_rgb), tuple(config.data.std_rgb))
-    spec = checkpoints.ModelSpec(config.model.arch, model_kwargs(config, num_classes), info.class_names, normalization)
-    state = create_train_state(model, tx, train.seed, variables)
-    plateau = {"best": -1.0, "evals_without_gain": 0, "drops": 0}
-    if resume_step is not None:
-        state, plateau, spec = restore(manager, resume_step, state, spec, workdir, mesh)
-        log.info("resumed from %s at step %d", workdir, resume_step)
-    state = sharding.replicate(state, mesh)
-
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
-    step_fn = jitted_train_step(model, tx, train)
-    eval_fn = compilation.jit(functools.partial(eval_step, model=model))
-    batches = input_pipeline.train_batches(config.data, global_batch_size=train.batch_size,
-                                           normalization=spec.normalization, seed=train.seed,
+def train_loop(run: Run, state: TrainState, progress: Progress, writer) -> tuple[TrainState, Progress, dict]:
+    """Steps until num_steps, a stop signal or the paper's schedule ends; returns the state,
+    the progress record and the outcome (last train metrics, the signal if any)."""
+    train = run.config.train
+    step_fn = jitted_train_step(run.model, run.tx, train)
+    eval_fn = compilation.jit(functools.partial(eval_step, model=run.model))
+    batches = input_pipeline.train_batches(run.config.data, global_batch_size=train.batch_size,
+                                           normalization=progress.spec.normalization, seed=train.seed,
                                            start_step=int(state.step))
-    writer = SummaryWriter(workdir)
-    eval_every = max(1, int(train.eval_every_epochs * steps_per_epoch))
     pending: list[tuple[int, dict]] = []  # device metrics, checked before anything is saved
     step = int(state.step)  # counted on the host from here: no device sync per step
-    last = {"time": time.time(), "step": step}
-    metrics = {}
+    rate = Throughput(step, train.batch_size)
+    outcome = {"signal": None, "train": {}}
     with StopRequest() as stop:
-        while step < num_steps:
-            state, step_metrics = step_fn(state, sharding.global_batch(next(batches), mesh))
+        while step < run.num_steps:
+            state, step_metrics = step_fn(state, sharding.global_batch(next(batches), run.mesh))
             step += 1
             pending.append((step, step_metrics))
-            evaluate_now = step % eval_every == 0 or step == num_steps
-            save_now = evaluate_now or stop.signal or (
-                train.checkpoint_every_steps and step % train.checkpoint_every_steps == 0)
-            if not (save_now or step % train.log_every == 0):
+            evaluate_now = step % run.eval_every == 0 or step == run.num_steps
+            save_now = evaluate_now or (train.checkpoint_every_steps and step % train.checkpoint_every_steps == 0)
+            check_now = save_now or step % train.log_every == 0
+            # Every process reaches the same check steps: there they agree on stopping.
+            signalled = agreed_stop(stop.signal) if (check_now or jax.process_count() == 1) else None
+            if not (check_now or signalled):
                 continue
-            train_metrics = check_finite(pending)
+            outcome["train"] = check_finite(pending)
             pending.clear()
-            log_progress(step, num_steps, steps_per_epoch, train_metrics, state, last, train.batch_size)
-            writer.scalars(step, {f"train_{k}": v for k, v in train_metrics.items()}
-                           | {"learning_rate": current_learning_rate(state)})
-            metrics = {"step": step, "train_loss": train_metrics["loss"], "train_top1": train_metrics["top1"]}
-            if evaluate_now:
-                val = evaluate(state.variables(), eval_fn, config.data, batch_size=train.eval_batch_size,
-                               normalization=spec.normalization, mesh=mesh)
-                metrics |= val
-                writer.scalars(step, val)
-                log.info("step %d  val top1 %.4f  top5 %.4f  loss %.4f", step, val["val_top1"],
-                         val["val_top5"], val["val_loss"])
-                if train.schedule == "plateau":
-                    state, plateau = on_plateau(state, plateau, val["val_top1"], train)
-                checkpoints.save(manager, step, state, {"spec": spec.to_dict(), "plateau": plateau},
-                                 {"val_top1": val["val_top1"]})
-            elif save_now:
-                checkpoints.save(manager, step, state, {"spec": spec.to_dict(), "plateau": plateau})
-            if stop.signal:
-                log.warning("%s received: saved step %d, exiting", stop.signal, step)
+            log_progress(step, run, outcome["train"], state, rate)
+            writer.write_scalars(step, {f"train_{k}": v for k, v in outcome["train"].items()}
+                                 | {"learning_rate": current_learning_rate(state)})
+            with rate.paused():
+                if evaluate_now:
+                    state, progress = evaluate_and_schedule(run, state, progress, step, eval_fn, writer)
+                if save_now or signalled or progress.stopped:
+                    checkpoints.save(run.manager, step, state, progress.meta(),
+                                     progress.eval_metrics() if evaluate_now else None)
+            if signalled:
+                log.warning("%s received: saved step %d, exiting", signalled, step)
+                outcome["signal"] = signalled
                 break
-    manager.wait_until_finished()
-    manager.close()
-    writer.close()
-    results = {**metrics, "learning_rate": current_learning_rate(state), "interrupted": stop.signal}
+            if progress.stopped:
+                log.info("stopping at step %d: %s", step, progress.stopped)
+                break
+    return state, progress, outcome
+
+
+def evaluate_and_schedule(run: Run, state: TrainState, progress: Progress, step: int, eval_fn,
+                          writer) -> tuple[TrainState, Progress]:
+    """Validation at `step`, recorded in `progress`; on a plateau, the paper's schedule."""
+    train = run.config.train
+    val = evaluate(state.variables(), eval_fn, run.config.data, batch_size=train.eval_batch_size,
+                   normalization=progress.spec.normalization, mesh=run.mesh)
+    writer.write_scalars(step, val)
+    log.info("step %d  val top1 %.4f  top5 %.4f  loss %.4f", step, val["val_top1"], val["val_top5"], val["val_loss"])
+    progress = dataclasses.replace(progress, last_eval={"step": step, **val})
+    if train.schedule == "plateau":
+        state, progress = on_plateau(state, progress, val["val_top1"], train, step)
+    return state, progress
+
+
+def on_plateau(state: TrainState, progress: Progress, accuracy: float, train, step: int) -> tuple[TrainState, Progress]:
+    """Divide the learning rate by 10 when validation accuracy stops improving, at most
+    `train.max_lr_drops` times; at the plateau after the last drop, stop (Sec. 3.1)."""
+    if accuracy > progress.best_top1 + train.plateau_min_delta:
+        return state, dataclasses.replace(progress, best_top1=accuracy, evals_without_gain=0)
+    waited = progress.evals_without_gain + 1
+    if waited < train.plateau_patience:
+        return state, dataclasses.replace(progress, evals_without_gain=waited)
+    if len(progress.lr_drops) >= train.max_lr_drops:
+        return state, dataclasses.replace(progress, evals_without_gain=waited, stopped=(
+            f"validation accuracy plateaued at {progress.best_top1:.4f} after {len(progress.lr_drops)} "
+            "learning-rate drops"))
+    rate = current_learning_rate(state) * train.plateau_factor
+    log.info("validation accuracy plateaued at %.4f: learning rate -> %g (drop %d of at most %d)",
+             progress.best_top1, rate, len(progress.lr_drops) + 1, train.max_lr_drops)
+    drops = [*progress.lr_drops, {"step": step, "learning_rate": rate}]
+    return with_learning_rate(state, rate), dataclasses.replace(progress, evals_without_gain=0, lr_drops=drops)
+
+
+def finish(run: Run, state: TrainState, progress: Progress, outcome: dict) -> dict:
+    """results.json (process 0): the run's last train and validation metrics, its best step,
+    the schedule's drops, and why it ended."""
+    best_step = checkpoints.default_step(run.manager.directory)
+    metrics = checkpoints.step_metrics(run.manager.directory).get(best_step) or {}
+    results = {"step": int(state.step), **{f"train_{k}": v for k, v in outcome["train"].items()},
+               **progress.last_eval, "val_step": progress.last_eval.get("step"),
+               "best_step": best_step, "best_val_top1": metrics.get(checkpoints.BEST_METRIC),
+               "learning_rate": current_learning_rate(state), "lr_drops": progress.lr_drops,
+               "stopped": progress.stopped, "interrupted": outcome["signal"]}
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "results.json"), "w") as f:
+        with open(os.path.join(run.workdir, "results.json"), "w") as f:
             json.dump(results, f, indent=2)
     return results
 
 
-def restore(manager, step: int, state: TrainState, spec, workdir: str, mesh):
-    meta = checkpoints.read_meta(manager.directory, step)
-    check_same_model(meta, spec, workdir)
+def read_results(workdir: str) -> dict:
+    path = os.path.join(workdir, "results.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def close_quietly(manager) -> None:
+    """Closes the checkpoint manager on every exit path; a failed pending save has already
+    been reported by the error that ended the run."""
     try:
-        restored = checkpoints.read_state(manager.directory, step, sharding.replicated(mesh), target=state)
-    except (ValueError, KeyError) as error:
-        raise checkpoints.CheckpointError(
-            f"the checkpoint at {workdir} step {step} does not fit this config's model or optimiser: {error}") from error
-    return restored, meta["plateau"], checkpoints.ModelSpec.from_dict(meta["spec"])
-
-
-def on_plateau(state: TrainState, plateau: dict, accuracy: float, train) -> tuple[TrainState, dict]:
-    """Divide the learning rate by 10 when validation accuracy stops improving (Sec. 3.1)."""
-    if accuracy > plateau["best"] + train.plateau_min_delta:
-        return state, {**plateau, "best": accuracy, "evals_without_gain": 0}
-    waited = plateau["evals_without_gain"] + 1
-    if waited < train.plateau_patience:
-        return state, {**plateau, "evals_without_gain": waited}
-    rate = current_learning_rate(state) * train.plateau_factor
-    log.info("validation accuracy plateaued at %.4f: learning rate -> %g", plateau["best"], rate)
-    return with_learning_rate(state, rate), {**plateau, "evals_without_gain": 0, "drops": plateau["drops"] + 1}
+        manager.close()
+    except Exception as error:  # noqa: BLE001 - the original error is the one worth raising
+        log.debug("closing the checkpoint manager: %s", error)
 
 
 def check_finite(pending: list[tuple[int, dict]]) -> dict[str, float]:
@@ -366,32 +570,39 @@ def check_finite(pending: list[tuple[int, dict]]) -> dict[str, float]:
     return {key: float(np.mean([m[key] for _, m in host])) for key in host[0][1]}
 
 
-def log_progress(step, num_steps, steps_per_epoch, metrics, state, last, batch_size) -> None:
-    now = time.time()
-    rate = (step - last["step"]) * batch_size / max(now - last["time"], 1e-9)
-    eta = (num_steps - step) * batch_size / max(rate, 1e-9)
+class Throughput:
+    """Training images per second between progress lines, over train-step time only:
+    evaluation and checkpointing run inside `paused()` and are left out."""
+
+    def __init__(self, step: int, batch_size: int):
+        self.batch_size, self.step, self.since, self.excluded = batch_size, step, time.monotonic(), 0.0
+
+    @contextlib.contextmanager
+    def paused(self):
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.excluded += time.monotonic() - start
+
+    def images_per_second(self, step: int) -> float:
+        now = time.monotonic()
+        seconds = max(now - self.since - self.excluded, 1e-9)
+        rate = (step - self.step) * self.batch_size / seconds
+        self.step, self.since, self.excluded = step, now, 0.0
+        return rate
+
+
+def format_duration(seconds: float) -> str:
+    """'3d 04:05:06' for long runs, '04:05:06' within a day."""
+    days, rest = divmod(int(round(seconds)), 86_400)
+    clock = f"{rest // 3600:02d}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
+    return f"{days}d {clock}" if days else clock
+
+
+def log_progress(step: int, run: Run, metrics: dict, state: TrainState, rate: Throughput) -> None:
+    images_per_second = rate.images_per_second(step)
+    eta = (run.num_steps - step) * run.config.train.batch_size / max(images_per_second, 1e-9)
     log.info("step %d/%d  epoch %.2f  loss %.4f  top1 %.4f  lr %.3g  %.1f img/s  ETA %s",
-             step, num_steps, step / steps_per_epoch, metrics["loss"], metrics["top1"],
-             current_learning_rate(state), rate, time.strftime("%H:%M:%S", time.gmtime(eta)))
-    last.update(time=now, step=step)
-
-
-class SummaryWriter:
-    """TensorBoard event files in the workdir (process 0 only)."""
-
-    def __init__(self, workdir: str):
-        import tensorflow as tf  # already loaded by the input pipeline; CPU only
-
-        self.tf = tf
-        self.writer = tf.summary.create_file_writer(workdir) if jax.process_index() == 0 else None
-
-    def scalars(self, step: int, values: dict) -> None:
-        if self.writer is None:
-            return
-        with self.writer.as_default(step=step):
-            for name, value in values.items():
-                self.tf.summary.scalar(name, value)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+             step, run.num_steps, step / run.steps_per_epoch, metrics["loss"], metrics["top1"],
+             current_learning_rate(state), images_per_second, format_duration(eta))

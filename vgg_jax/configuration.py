@@ -1,0 +1,129 @@
+"""One check of a whole training config before anything heavy runs (data, compilation).
+
+Each problem is a ConfigError naming the field, the value and what would be valid, so that
+train.py can end with one `error: ...` line instead of a traceback minutes into a run. All
+problems are reported together.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import ml_collections
+
+import vgg_jax
+from vgg_jax import input_pipeline
+
+SCHEDULES = ("plateau", "step", "cosine")
+DTYPES = ("float32", "bfloat16")
+INIT_SCHEMES = ("paper", "glorot", "kaiming")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the field and how to fix it."""
+
+
+def validate(config: ml_collections.ConfigDict, device_count: int | None = None) -> None:
+    """Raises ConfigError listing every invalid field of a training config."""
+    device_count = jax.device_count() if device_count is None else device_count
+    problems = model_problems(config.model) + data_problems(config.data) + train_problems(
+        config.train, device_count)
+    if problems:
+        raise ConfigError("invalid config: " + "; ".join(problems))
+
+
+def model_problems(model) -> list[str]:
+    problems = []
+    if model.arch not in vgg_jax.ARCHITECTURES:
+        problems.append(f"model.arch={model.arch!r} is unknown; choose one of {', '.join(sorted(vgg_jax.ARCHITECTURES))}")
+    problems += positive("model.width", model.width)
+    if not isinstance(model.image_size, int) or model.image_size < 32 or model.image_size % 32:
+        problems.append(f"model.image_size={model.image_size!r} must be a multiple of 32 (five 2x2 poolings), at least 32")
+    if not 0 <= model.dropout_rate < 1:
+        problems.append(f"model.dropout_rate={model.dropout_rate!r} must be in [0, 1)")
+    problems += one_of("model.dtype", model.dtype, DTYPES) + one_of("model.init_scheme", model.init_scheme, INIT_SCHEMES)
+    if not isinstance(model.num_classes, int) or model.num_classes < 0:
+        problems.append(f"model.num_classes={model.num_classes!r} must be 0 (the dataset's) or a positive count")
+    return problems
+
+
+def data_problems(data) -> list[str]:
+    problems = source_problems(data.source)
+    for field in ("crop_size", "scale_min", "scale_max", "eval_scale"):
+        problems += positive(f"data.{field}", data[field], integer=True)
+    if not problems:
+        try:
+            input_pipeline.check_config(data)
+        except ValueError as error:
+            problems.append(str(error))
+    if not 0 < data.val_fraction < 1:
+        problems.append(f"data.val_fraction={data.val_fraction!r} must be in (0, 1)")
+    if data.color_shift_std < 0:
+        problems.append(f"data.color_shift_std={data.color_shift_std!r} must be >= 0 (0 disables it)")
+    if len(data.mean_rgb) != 3 or len(data.std_rgb) != 3 or min(data.std_rgb) <= 0:
+        problems.append(f"data.mean_rgb={tuple(data.mean_rgb)} and data.std_rgb={tuple(data.std_rgb)} "
+                        "must have three values each, std > 0")
+    return problems
+
+
+def source_problems(source: str) -> list[str]:
+    if not isinstance(source, str) or not source:
+        return [f"data.source={source!r} must be 'digits', a tfds name or 'folder:PATH'"]
+    if source == "digits":
+        return []
+    if source.startswith(input_pipeline.FOLDER_PREFIX):
+        root = os.path.expanduser(source[len(input_pipeline.FOLDER_PREFIX):])
+        if not os.path.isdir(root):
+            return [f"data.source={source!r}: no folder at {os.path.abspath(root)}"]
+        return []
+    import tensorflow_datasets as tfds
+
+    try:
+        tfds.builder_cls(source.split("/")[0].split(":")[0])
+    except Exception:  # tfds raises DatasetNotFoundError and friends
+        return [f"data.source={source!r} is neither 'digits', 'folder:PATH' nor a tensorflow-datasets name"]
+    return []
+
+
+def train_problems(train, device_count: int) -> list[str]:
+    problems = positive("train.learning_rate", train.learning_rate)
+    problems += positive("train.batch_size", train.batch_size, integer=True)
+    problems += positive("train.accum_steps", train.accum_steps, integer=True)
+    problems += positive("train.eval_batch_size", train.eval_batch_size, integer=True)
+    problems += positive("train.log_every", train.log_every, integer=True)
+    problems += positive("train.keep_checkpoints", train.keep_checkpoints, integer=True)
+    problems += positive("train.eval_every_epochs", train.eval_every_epochs)
+    if not problems:
+        # Each micro-batch of gradient accumulation is itself sharded over every device.
+        for field, divisor, what in (("batch_size", device_count * train.accum_steps, "devices x train.accum_steps"),
+                                     ("eval_batch_size", device_count, "devices")):
+            if train[field] % divisor:
+                problems.append(f"train.{field}={train[field]} must be a multiple of {what} ({divisor})")
+    if not 0 <= train.momentum < 1:
+        problems.append(f"train.momentum={train.momentum!r} must be in [0, 1)")
+    if train.weight_decay < 0 or train.backbone_lr_multiplier < 0:
+        problems.append("train.weight_decay and train.backbone_lr_multiplier must be >= 0")
+    if train.num_steps < 0 or (train.num_steps == 0 and not train.num_epochs > 0):
+        problems.append(f"train.num_steps={train.num_steps} / train.num_epochs={train.num_epochs}: "
+                        "give num_epochs > 0, or num_steps > 0")
+    problems += one_of("train.schedule", train.schedule, SCHEDULES)
+    if not 0 < train.plateau_factor < 1:
+        problems.append(f"train.plateau_factor={train.plateau_factor!r} must be in (0, 1)")
+    problems += positive("train.plateau_patience", train.plateau_patience, integer=True)
+    if not isinstance(train.max_lr_drops, int) or train.max_lr_drops < 0:
+        problems.append(f"train.max_lr_drops={train.max_lr_drops!r} must be a count >= 0")
+    if train.checkpoint_every_steps < 0:
+        problems.append(f"train.checkpoint_every_steps={train.checkpoint_every_steps} must be >= 0 (0: only at evaluations)")
+    return problems
+
+
+def positive(field: str, value, integer: bool = False) -> list[str]:
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
+        return [f"{field}={value!r} must be a positive {'integer' if integer else 'number'}"]
+    return []
+
+
+def one_of(field: str, value, choices) -> list[str]:
+    return [] if value in choices else [f"{field}={value!r} is unknown; choose one of {', '.join(choices)}"]
