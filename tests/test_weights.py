@@ -14,7 +14,8 @@ from safetensors.numpy import save_file as save_safetensors
 
 import vgg_jax
 from vgg_jax import checkpoints, normalization
-from vgg_jax.weights import WeightsError, head_fields, import_weights, main
+from vgg_jax.weights import WeightsError, head_fields, import_weights
+from vgg_jax.weights.cli import main
 
 # torchvision's configuration lists (numbers: conv widths, 'M': max-pool), written out here so
 # the importer's walk over our layout table is checked against torchvision's own numbering.

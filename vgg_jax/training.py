@@ -24,7 +24,7 @@ import numpy as np
 import optax
 
 import vgg_jax
-from vgg_jax import checkpoints, compilation, input_pipeline, sharding
+from vgg_jax import checkpoints, compilation, input_pipeline, sharding, weights
 from vgg_jax.normalization import Normalization
 
 log = logging.getLogger("vgg_jax.train")
@@ -224,11 +224,12 @@ class StopRequest:
 
 
 def initial_variables(config, model, workdir_has_checkpoint: bool):
-    """Pre-initialisation (init_from) for a new run: (variables or None, normalisation or None)."""
+    """Pre-initialisation (init_from: a model directory or `pretrained:NAME`, fetched on first
+    use) for a new run: (variables or None, normalisation or None)."""
     train = config.train
     if not train.init_from or workdir_has_checkpoint:
         return None, None
-    source, source_spec, _ = checkpoints.load_variables(train.init_from)
+    source, source_spec, _ = checkpoints.load_variables(weights.resolve(train.init_from))
     target = compilation.jit(model.init)(jax.random.PRNGKey(train.seed),
                                          jnp.zeros((1, model.image_size, model.image_size, 3)))
     target = jax.tree.map(np.asarray, target)
