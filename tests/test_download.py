@@ -109,6 +109,9 @@ def cache_contents(cache):
 def test_pretrained_matches_torch_and_is_reused_offline(server, published, cache, monkeypatch):
     features, data, file_name = published
     serve(server, published, monkeypatch)
+    leftover = cache / "downloads" / f".{file_name}.0123abcd.partial"  # from a process killed mid-download
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(data[:1000])
     model, variables, spec = vgg_jax.pretrained("tiny")
     assert spec.normalization == normalization.TORCHVISION and not model.include_top
     assert spec.class_names[281] == "tabby, tabby cat"
@@ -206,6 +209,15 @@ def test_cli_reports_a_failed_download_in_one_line(tmp_path):
     assert done.stderr.splitlines()[-1:] == [done.stderr.strip()]  # one line, no traceback
     assert done.stderr.startswith(f"error: cannot download {env[download.MIRROR_VARIABLE]}/vgg16-397923af.pth: ")
     assert f"{BY_HAND} vgg16-397923af.pth --arch vgg16 --out DIR" in done.stderr
+
+
+def test_an_existing_directory_that_is_not_the_model_is_left_alone(server, published, cache, monkeypatch, tmp_path):
+    serve(server, published, monkeypatch)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(WeightsError, match=r"mine exists and is not a vgg11 model directory: remove it"):
+        ensure_model("tiny", tmp_path / "mine")
+    assert os.listdir(tmp_path / "mine") == ["notes.txt"] and server.requests == []
 
 
 def test_cli_lists_the_registry_and_names_unknown_sets(capsys):

@@ -263,6 +263,22 @@ def test_a_pickled_module_is_refused_naming_its_class(tmp_path):
         import_weights(tmp_path / "module.pth", "vgg11")
 
 
+@pytest.mark.parametrize("damage", ["truncated legacy .pth", "not HDF5 .h5", "not safetensors"])
+def test_cli_reports_a_damaged_file_in_one_line(damage, tmp_path, capsys):
+    torch.save(features_state_dict("vgg11"), tmp_path / "good.pth", _use_new_zipfile_serialization=False)
+    data = (tmp_path / "good.pth").read_bytes()
+    name, content = {"truncated legacy .pth": ("cut.pth", data[: len(data) // 2]),
+                     "not HDF5 .h5": ("w.h5", data[:1000]),
+                     "not safetensors": ("w.safetensors", data[:1000])}[damage]
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(SystemExit) as exit_:
+        main(["import", str(tmp_path / name), "--arch", "vgg11", "--out", str(tmp_path / "out")])
+    error = capsys.readouterr().err
+    assert exit_.value.code == 1 and error.count("\n") == 1
+    assert error.startswith(f"error: cannot read {tmp_path / name} (damaged or truncated?): ")
+    assert not (tmp_path / "out").exists()
+
+
 def test_another_architecture_names_the_offending_keys(tmp_path):
     torch.save(features_state_dict("vgg11"), tmp_path / "vgg11.pth")
     with pytest.raises(WeightsError) as error:

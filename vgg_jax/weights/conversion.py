@@ -165,11 +165,16 @@ def read_weights(path: str) -> tuple[dict[str, np.ndarray], str]:
     if not os.path.isfile(path):
         raise WeightsError(f"no weight file at {path}")
     suffix = os.path.splitext(path)[1].lower()
-    if suffix in (".h5", ".hdf5"):
-        return read_keras(path), "keras"
-    if suffix == ".safetensors":
-        return load_safetensors(path), "torch"
-    return read_torch(path), "torch"
+    try:
+        if suffix in (".h5", ".hdf5"):
+            return read_keras(path), "keras"
+        if suffix == ".safetensors":
+            return load_safetensors(path), "torch"
+        return read_torch(path), "torch"
+    except WeightsError:
+        raise
+    except Exception as error:  # noqa: BLE001 - h5py, safetensors, zip and numpy each fail their own way on a damaged file
+        raise WeightsError(f"cannot read {path} (damaged or truncated?): {type(error).__name__}: {error}") from error
 
 
 def import_weights(path: str | os.PathLike, arch: str) -> tuple[dict, normalization.Normalization]:
@@ -212,5 +217,8 @@ def import_to_checkpoint(path: str, arch: str, out: str, num_classes: int | None
         params = {**variables["params"], "fc8": new_classifier(model, num_classes)}
         variables, fields = {**variables, "params": params}, {**fields, "num_classes": num_classes}
     spec = checkpoints.ModelSpec(arch, fields, class_names, convention)
-    checkpoints.save_model(out, variables, spec)
+    try:
+        checkpoints.save_model(out, variables, spec)
+    except OSError as error:
+        raise WeightsError(f"cannot write the model directory {out}: {error}") from error
     return spec

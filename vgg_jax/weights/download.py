@@ -62,11 +62,19 @@ def locked(path: str):
     """Holds the lock of `path` (a hidden `.lock` file beside it). Temporaries of runs that died
     are removed on entry: whoever wrote them held this lock, so none is still being written."""
     parent, base = os.path.split(path)
-    os.makedirs(parent, exist_ok=True)
-    with filelock.FileLock(os.path.join(parent, f".{base}.lock")):
+    lock = filelock.FileLock(os.path.join(parent, f".{base}.lock"))
+    try:
+        os.makedirs(parent, exist_ok=True)
+        lock.acquire()
+    except OSError as error:
+        raise WeightsError(f"cannot write to {parent}: {error}; set {HOME_VARIABLE} (or --out) to a "
+                           "writable directory") from error
+    try:
         for leftover in glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(base)}.*.partial")):
             remove(leftover)
         yield
+    finally:
+        lock.release()
 
 
 def remove(path: str) -> None:
