@@ -20,7 +20,7 @@ from ml_collections import config_flags  # noqa: E402
 
 config_flags.DEFINE_config_file("config", "configs/default.py", "ml_collections config file")
 flags.DEFINE_string("workdir", None, "a training workdir to evaluate (and write the results to)")
-flags.DEFINE_multi_string("checkpoint", [], "a workdir or model directory; repeat for an ensemble")
+flags.DEFINE_multi_string("checkpoint", [], "a workdir, model directory or pretrained:NAME; repeat for an ensemble")
 flags.DEFINE_list("scales", [], "test scales Q, e.g. 256,384,512 (default: from config.data.scale_min "
                   "and scale_max: S-32, S, S+32 or Smin, (Smin+Smax)/2, Smax)")
 flags.DEFINE_string("out", None, "directory for eval_results.json and eval_results.csv")
@@ -31,7 +31,7 @@ flags.DEFINE_integer("num_images", None, "evaluate only the first N images of th
 
 def main(argv):
     del argv
-    from vgg_jax import checkpoints, evaluation
+    from vgg_jax import checkpoints, evaluation, weights
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("absl").setLevel(logging.WARNING)
@@ -41,6 +41,7 @@ def main(argv):
         raise app.UsageError("give --workdir or at least one --checkpoint")
     try:
         scales = [int(scale) for scale in FLAGS.scales]
+        paths = [weights.resolve(path) for path in paths]  # pretrained:NAME -> its cached model directory
         results = evaluation.run(FLAGS.config, paths, scales, batch_size=FLAGS.batch_size,
                                  num_images=FLAGS.num_images)
     except (checkpoints.CheckpointError, ValueError) as error:

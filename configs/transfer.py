@@ -1,9 +1,10 @@
 """Transfer learning from ImageNet weights (the original summary's VGG-16 cats-vs-dogs case).
 
 Two stages, chosen by the config argument:
-- `head` (default): start from an imported or trained model directory (`train.init_from`,
-  default models/vgg16: see README, "Pretrained weights"), keep every layer but fc8, put a
-  new fc8 for the dataset's classes, and train it with the backbone frozen;
+- `head` (default): start from torchvision's ImageNet VGG-16 (`train.init_from`, default
+  `pretrained:vgg16`: downloaded and converted into the weight cache when the run starts, not
+  when the config loads; any model directory works too), keep every layer but fc8, put a new
+  fc8 for the dataset's classes, and train it with the backbone frozen;
 - `finetune`: continue from the `head` run with all layers learning at a tenth of the rate.
 The run inherits the input normalisation of the weights it starts from.
 """
@@ -14,7 +15,7 @@ from configs import default
 
 
 def get_transfer_config(name: str, dataset: str, stage: str, *, image_size: int = 224,
-                        pretrained: str = "models/vgg16") -> ml_collections.ConfigDict:
+                        pretrained: str = "pretrained:vgg16") -> ml_collections.ConfigDict:
     if stage not in ("head", "finetune"):
         raise ValueError(f"unknown transfer stage {stage!r}; choose 'head' or 'finetune'")
     config = default.get_config()

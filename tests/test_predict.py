@@ -70,13 +70,26 @@ def test_heatmap_has_the_image_size_and_colours_the_top_scores_red():
     assert out.max() <= 128  # half opacity over black
 
 
+def test_imagenet_class_names_are_the_standard_1000_in_order():
+    names = vgg_jax.imagenet_class_names()
+    assert len(names) == len(set(names)) == 1000 and all(name.strip() == name != "" for name in names)
+    # Fixed points of the standard order (torchvision's, Keras', tfds's sorted WordNet ids).
+    assert (names[0], names[1], names[281], names[999]) == (
+        "tench, Tinca tinca", "goldfish, Carassius auratus", "tabby, tabby cat",
+        "toilet tissue, toilet paper, bathroom tissue")
+    assert (names[134], names[517]) == ("crane (bird)", "crane (machine)")  # one name, two synsets
+
+
 def test_class_names(tmp_path):
     spec = checkpoints.ModelSpec("vgg11", KWARGS, NAMES, PAPER)
     assert predict.class_names(spec, 10) == NAMES
     unnamed = checkpoints.ModelSpec("vgg11", KWARGS, None, PAPER)
     assert predict.class_names(unnamed, 7) == [str(i) for i in range(7)]
-    imagenet = predict.class_names(unnamed, 1000)
-    assert len(imagenet) == 1000 and imagenet[0] in ("n01440764", "0")  # tfds's names when offline-available
+    readable = list(vgg_jax.imagenet_class_names())
+    assert predict.class_names(unnamed, 1000) == readable
+    # tfds's imagenet2012 label names are WordNet ids: a person reads the names instead.
+    wordnet = checkpoints.ModelSpec("vgg11", KWARGS, [f"n{i:08d}" for i in range(1000)], PAPER)
+    assert predict.class_names(wordnet, 1000) == readable
 
 
 def predict_cli(*args):
@@ -102,8 +115,23 @@ def test_cli_top5_and_heatmaps_of_the_images_size(checkpoint, photos, tmp_path):
             assert heatmap.size == (640, 427) and heatmap.mode == "RGB"
 
 
+def test_an_imagenet_model_prints_readable_names(photos, tmp_path, capsys):
+    kwargs = {**KWARGS, "num_classes": 1000}
+    model = vgg_jax.vgg11(**kwargs)
+    variables = model.init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))
+    checkpoints.save_model(tmp_path / "imagenet", variables, checkpoints.ModelSpec("vgg11", kwargs, None, PAPER))
+    assert predict.main(["--checkpoint", str(tmp_path / "imagenet"), photos["china"]]) == 0
+    ranked = capsys.readouterr().out.splitlines()[1:6]
+    names = vgg_jax.imagenet_class_names()
+    for line in ranked:  # "  1. 0.0011  tabby, tabby cat (281)"
+        name, index = line.split("  ", 2)[2].rsplit(" (", 1)
+        assert name == names[int(index.rstrip(")"))]
+
+
 def test_errors_name_the_problem(checkpoint, photos, tmp_path, capsys):
     assert predict.main(["--checkpoint", str(tmp_path / "nowhere"), photos["china"]]) == 1
     assert "no checkpoint directory" in capsys.readouterr().err
     assert predict.main(["--checkpoint", checkpoint, "--scale", "16", photos["china"]]) == 1
     assert "Q=16 is smaller than the model's crop size 32" in capsys.readouterr().err
+    assert predict.main(["--checkpoint", "pretrained:vgg17", photos["china"]]) == 1
+    assert capsys.readouterr().err.startswith("error: no pretrained weights named 'vgg17'")

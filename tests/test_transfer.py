@@ -31,10 +31,13 @@ def save_pretrained(directory, num_classes=1000):
 
 
 @pytest.mark.parametrize("config_module, classes", [(cats_vs_dogs, 2), (flowers, 5)])
-def test_transfer_configs_train_a_new_head_on_mock_data(tmp_path, config_module, classes):
-    pretrained = save_pretrained(tmp_path / "imagenet")
+def test_transfer_configs_train_a_new_head_on_mock_data(tmp_path, monkeypatch, config_module, classes):
+    # The configs start from `pretrained:vgg16`: a weight cache that already holds it is used
+    # as it is (no download).
+    monkeypatch.setenv("VGG_JAX_HOME", str(tmp_path / "cache"))
+    pretrained = save_pretrained(tmp_path / "cache" / "vgg16")
     config = shrink(config_module.get_config("head"))
-    config.train.init_from = str(tmp_path / "imagenet")
+    assert config.train.init_from == "pretrained:vgg16"
     with tfds.testing.mock_data(num_examples=16):
         training.train_and_evaluate(config, str(tmp_path / "head"))
     variables, spec, _ = checkpoints.load_variables(tmp_path / "head")

@@ -15,7 +15,8 @@ from safetensors.numpy import save_file as save_safetensors
 from numerics import assert_float32_close
 import vgg_jax
 from vgg_jax import checkpoints, normalization
-from vgg_jax.weights import WeightsError, head_fields, import_weights, main
+from vgg_jax.weights import WeightsError, head_fields, import_weights
+from vgg_jax.weights.cli import main
 
 # torchvision's configuration lists (numbers: conv widths, 'M': max-pool), written out here so
 # the importer's walk over our layout table is checked against torchvision's own numbering.
@@ -262,6 +263,22 @@ def test_a_pickled_module_is_refused_naming_its_class(tmp_path):
     torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pth")
     with pytest.raises(WeightsError, match=r"torch\.nn\.modules\.linear\.Linear.*state_dict"):
         import_weights(tmp_path / "module.pth", "vgg11")
+
+
+@pytest.mark.parametrize("damage", ["truncated legacy .pth", "not HDF5 .h5", "not safetensors"])
+def test_cli_reports_a_damaged_file_in_one_line(damage, tmp_path, capsys):
+    torch.save(features_state_dict("vgg11"), tmp_path / "good.pth", _use_new_zipfile_serialization=False)
+    data = (tmp_path / "good.pth").read_bytes()
+    name, content = {"truncated legacy .pth": ("cut.pth", data[: len(data) // 2]),
+                     "not HDF5 .h5": ("w.h5", data[:1000]),
+                     "not safetensors": ("w.safetensors", data[:1000])}[damage]
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(SystemExit) as exit_:
+        main(["import", str(tmp_path / name), "--arch", "vgg11", "--out", str(tmp_path / "out")])
+    error = capsys.readouterr().err
+    assert exit_.value.code == 1 and error.count("\n") == 1
+    assert error.startswith(f"error: cannot read {tmp_path / name} (damaged or truncated?): ")
+    assert not (tmp_path / "out").exists()
 
 
 def test_another_architecture_names_the_offending_keys(tmp_path):

@@ -2,6 +2,7 @@
 
 import functools
 
+from vgg_jax.class_names import imagenet_class_names
 from vgg_jax.compilation import COMPILER_OPTIONS, jit
 from vgg_jax.models import LAYOUTS, VGG
 
@@ -31,4 +32,15 @@ def create_model(arch: str, **kwargs) -> VGG:
     return ARCHITECTURES[arch](**kwargs)
 
 
-__all__ = ["VGG", "LAYOUTS", "COMPILER_OPTIONS", "jit", "ARCHITECTURES", "create_model", *ARCHITECTURES]
+def __getattr__(name: str):
+    """`pretrained` and `import_weights` from vgg_jax.weights, imported on first use (it brings
+    orbax, h5py and safetensors, which a plain `import vgg_jax` does not need)."""
+    if name in ("pretrained", "import_weights"):
+        from vgg_jax import weights
+
+        return getattr(weights, name)
+    raise AttributeError(f"module 'vgg_jax' has no attribute {name!r}")
+
+
+__all__ = ["VGG", "LAYOUTS", "COMPILER_OPTIONS", "jit", "ARCHITECTURES", "create_model", "imagenet_class_names",
+           "pretrained", "import_weights", *ARCHITECTURES]

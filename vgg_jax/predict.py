@@ -2,6 +2,9 @@
 
   python -m vgg_jax.predict --checkpoint DIR image.jpg [more images] [--heatmap out.png] [--scale Q]
 
+DIR is a training workdir, a model directory, or `pretrained:NAME` (e.g. pretrained:vgg16,
+downloaded on first use: `python -m vgg_jax.weights list`).
+
 Each image is rescaled so that its smallest side is Q (default: the model's image_size) and
 evaluated densely with flip averaging (`vgg_jax.evaluation`), as in the paper's testing.
 """
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -17,26 +21,22 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from vgg_jax import checkpoints, compilation, evaluation  # noqa: E402
+from vgg_jax import checkpoints, compilation, evaluation, weights  # noqa: E402
 from vgg_jax import preprocessing as pp  # noqa: E402
+from vgg_jax.class_names import IMAGENET_CLASSES, imagenet_class_names  # noqa: E402
 
-IMAGENET_CLASSES = 1000
 _dense_score_maps = compilation.jit(evaluation.dense_score_maps, static_argnums=0)
 
 
 def class_names(spec: checkpoints.ModelSpec, num_classes: int) -> list[str]:
-    """The checkpoint's names; for ImageNet nets without them tfds's imagenet2012 label names
-    (WordNet ids) when tfds has them offline; else the class indices."""
-    if spec.class_names:
-        return list(spec.class_names)
-    if num_classes == IMAGENET_CLASSES:
-        import tensorflow_datasets as tfds
-
-        try:
-            return list(tfds.builder("imagenet2012").info.features["label"].names)
-        except Exception:  # noqa: BLE001 - any failure to get them means no names, not no prediction
-            pass
-    return [str(index) for index in range(num_classes)]
+    """The checkpoint's names, except that ImageNet nets (1000 classes) without names or with
+    WordNet ids (n01440764, tfds's imagenet2012 labels) get the readable ImageNet names; else
+    the class indices."""
+    names = list(spec.class_names or [])
+    wordnet_ids = bool(names) and all(re.fullmatch(r"n\d{8}", name) for name in names)
+    if num_classes == IMAGENET_CLASSES and (not names or wordnet_ids):
+        return list(imagenet_class_names())
+    return names or [str(index) for index in range(num_classes)]
 
 
 def predict(model, variables, spec, image: np.ndarray, scale: int) -> tuple[np.ndarray, np.ndarray]:
@@ -78,16 +78,16 @@ def heatmap_path(path: str, image_path: str, several: bool) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="a training workdir or model directory")
+    parser.add_argument("--checkpoint", required=True, help="a training workdir, model directory or pretrained:NAME")
     parser.add_argument("--scale", type=int, help="test scale Q (default: the model's image_size)")
     parser.add_argument("--heatmap", help="PNG path for the top class's score map over the image")
     parser.add_argument("images", nargs="+")
     args = parser.parse_args(argv)
     try:
-        model, variables, spec = checkpoints.load_model(args.checkpoint)
+        model, variables, spec = checkpoints.load_model(weights.resolve(args.checkpoint))
         scale = args.scale or model.image_size
         evaluation.check_scale(scale, model.image_size)
-    except (checkpoints.CheckpointError, ValueError) as error:
+    except (checkpoints.CheckpointError, ValueError) as error:  # WeightsError is a ValueError
         print(f"error: {error}", file=sys.stderr)
         return 1
     names = class_names(spec, model.num_classes)

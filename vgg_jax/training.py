@@ -27,7 +27,7 @@ import optax
 from clu import metric_writers
 
 import vgg_jax
-from vgg_jax import checkpoints, compilation, configuration, input_pipeline, sharding
+from vgg_jax import checkpoints, compilation, configuration, input_pipeline, sharding, weights
 from vgg_jax.normalization import Normalization
 
 log = logging.getLogger("vgg_jax.train")
@@ -40,7 +40,7 @@ class NonFiniteLoss(RuntimeError):
 # What a user can fix (config values, workdirs, disks, a diverging rate): the CLIs print these
 # as one `error:` line; anything else is a bug and keeps its traceback.
 USER_ERRORS = (configuration.ConfigError, checkpoints.CheckpointError, checkpoints.CheckpointSaveError,
-               NonFiniteLoss)
+               weights.WeightsError, NonFiniteLoss)
 
 
 @flax.struct.dataclass
@@ -420,12 +420,13 @@ def write_config(run: Run) -> None:
 
 
 def initial_variables(config, model):
-    """Pre-initialisation (init_from) for a new run: (variables or None, normalisation or None)."""
+    """Pre-initialisation (init_from: a model directory or `pretrained:NAME`, fetched on first
+    use) for a new run: (variables or None, normalisation or None)."""
     train = config.train
     if not train.init_from:
         return None, None
     try:
-        source, source_spec, _ = checkpoints.load_variables(train.init_from)
+        source, source_spec, _ = checkpoints.load_variables(weights.resolve(train.init_from))
     except checkpoints.CheckpointError as error:
         raise checkpoints.CheckpointError(f"train.init_from={train.init_from!r}: {error}") from error
     target = compilation.jit(model.init)(jax.random.PRNGKey(train.seed),

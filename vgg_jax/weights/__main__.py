@@ -1,0 +1,3 @@
+from vgg_jax.weights.cli import main
+
+main()
