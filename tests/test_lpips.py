@@ -1,6 +1,7 @@
 """LPIPS against the reference `lpips` package on the same vgg16 backbone weights."""
 
 import copy
+import importlib.util
 import sys
 import types
 
@@ -110,6 +111,10 @@ def test_bad_linear_weights_and_backbones_are_named(backbone, tmp_path):
         lpips.load(backbone[1], linear=tmp_path / "linear.pth")
     with pytest.raises(WeightsError, match="no weight file at"):
         lpips.load(backbone[1], linear=tmp_path / "missing.pth")
+    with pytest.MonkeyPatch.context() as patch:  # no lpips package installed
+        patch.setattr(importlib.util, "find_spec", lambda name: None)
+        with pytest.raises(WeightsError, match="pip install --no-deps lpips"):
+            lpips.load(backbone[1])
     small = vgg_jax.vgg11(width=1 / 16, image_size=32, include_top=False)
     variables = checkpoints.abstract_variables(small)
     checkpoints.save_model(tmp_path / "vgg11", jax.tree.map(lambda v: np.zeros(v.shape, v.dtype), variables),

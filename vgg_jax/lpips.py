@@ -55,10 +55,12 @@ def read_linear(path: str, channels: list[int]) -> tuple[jax.Array, ...]:
     shaped (1, C, 1, 1)), read torch-free; one error naming every missing or misshapen layer."""
     tensors, _ = read_weights(path)
     keys = [f"lin{index}.model.1.weight" for index in range(len(PERCEPTUAL_NAMES))]
-    problems = [f"{key} missing" if key not in tensors else
-                f"{key} is {tensors[key].shape}, {name} needs (1, {width}, 1, 1)"
-                for key, name, width in zip(keys, PERCEPTUAL_NAMES, channels)
-                if tensors.get(key, np.empty(0)).shape != (1, width, 1, 1)]
+    problems = []
+    for key, name, width in zip(keys, PERCEPTUAL_NAMES, channels):
+        if key not in tensors:
+            problems.append(f"{key} missing")
+        elif tensors[key].shape != (1, width, 1, 1):
+            problems.append(f"{key} is {tensors[key].shape}, {name} needs (1, {width}, 1, 1)")
     if problems:
         raise WeightsError(f"{path} does not hold LPIPS linear layers for this backbone: " + "; ".join(problems))
     return tuple(jnp.asarray(tensors[key].reshape(-1), jnp.float32) for key in keys)
