@@ -25,7 +25,8 @@ import vgg_jax
 from vgg_jax import loading, normalization
 from vgg_jax.features import PERCEPTUAL_NAMES, extract_features
 from vgg_jax.models import BLOCK_WIDTHS
-from vgg_jax.weights import HEAD_LAYERS, WeightsError, read_weights
+from vgg_jax.weights import WeightsError
+from vgg_jax.weights.conversion import HEAD_LAYERS, read_weights
 
 SHIFT = np.array([-0.030, -0.088, -0.188], np.float32)  # 2 * mean - 1
 SCALE = np.array([0.458, 0.448, 0.450], np.float32)  # 2 * std
