@@ -141,9 +141,10 @@ def save_model(directory: str | os.PathLike, variables: dict, spec: ModelSpec) -
 
 
 def reader(root: str) -> ocp.CheckpointManager:
-    """A read-only manager that knows both items' handlers and ranks steps by BEST_METRIC."""
+    """A manager for reading: it knows both items' handlers and ranks steps by BEST_METRIC. It
+    never saves, so it deletes nothing (orbax's read_only flag would log three warnings a call)."""
     return ocp.CheckpointManager(root, options=ocp.CheckpointManagerOptions(
-        read_only=True, best_fn=best_metric, best_mode="max"),
+        create=False, best_fn=best_metric, best_mode="max", enable_async_checkpointing=False),
         item_handlers={STATE: ocp.PyTreeCheckpointHandler(), META: ocp.JsonCheckpointHandler()})
 
 

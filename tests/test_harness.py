@@ -1,0 +1,262 @@
+"""The training harness under faults and bad input: each fault is injected, and the run must
+lose nothing (best step, results, readable checkpoints) and say what happened in one line."""
+
+import errno
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+
+import jax
+import numpy as np
+import pytest
+
+from configs import default
+from vgg_jax import checkpoints, compilation, configuration, training
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def quick_config(**train):
+    config = default.get_config()
+    config.model.width = 0.125
+    config.train.update(dict(batch_size=32, eval_batch_size=128, log_every=10, **train))
+    return config
+
+
+def scripted_validation(monkeypatch, accuracies):
+    """Validation returns these top-1 values in turn: bookkeeping is tested, not learning."""
+    values = iter(accuracies)
+
+    def evaluate(*args, **kwargs):
+        top1 = next(values)
+        return {"val_loss": 1.0 - top1, "val_top1": top1, "val_top5": 1.0, "val_count": 360}
+    monkeypatch.setattr(training, "evaluate", evaluate)
+
+
+def leaves_equal(a, b):
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
+
+
+# --- best checkpoint and finished runs -------------------------------------------------------
+
+def test_best_step_is_kept_through_resumes_and_is_what_loaders_use(tmp_path, monkeypatch):
+    # Evaluations at steps 4, 8, ... (eval_every_epochs = 4 steps of 44); the best is step 8.
+    scripted_validation(monkeypatch, [0.5, 0.9, 0.6, 0.7, 0.65, 0.6, 0.55])
+    config = quick_config(num_steps=12, eval_every_epochs=4 / 44, keep_checkpoints=1, schedule="cosine")
+    training.train_and_evaluate(config, str(tmp_path))
+    for num_steps in (20, 28):  # two resumes, each evaluating twice more
+        config.train.num_steps = num_steps
+        results = training.train_and_evaluate(config, str(tmp_path))
+    root = checkpoints.model_root(tmp_path)
+    assert sorted(checkpoints.step_metrics(root)) == [8, 28]  # latest 1 and the best survive
+    assert checkpoints.default_step(root) == 8
+    assert checkpoints.load_variables(tmp_path)[2] == 8
+    assert results["best_step"] == 8 and results["best_val_top1"] == 0.9
+    assert results["val_step"] == 28 and results["val_top1"] == 0.55
+
+
+def test_a_finished_run_is_left_alone_and_continues_when_the_budget_grows(tmp_path, caplog):
+    config = quick_config(num_steps=6, eval_every_epochs=100)
+    first = training.train_and_evaluate(config, str(tmp_path))
+    results_file = tmp_path / "results.json"
+    before = (results_file.read_text(), os.stat(results_file).st_mtime_ns)
+    with caplog.at_level(logging.INFO, logger="vgg_jax.train"):
+        again = training.train_and_evaluate(config, str(tmp_path))
+    assert "has finished (step 6 of 6)" in caplog.text
+    assert again == first and (results_file.read_text(), os.stat(results_file).st_mtime_ns) == before
+    config.train.num_steps = 8
+    assert training.train_and_evaluate(config, str(tmp_path))["step"] == 8
+    assert json.loads(results_file.read_text())["step"] == 8
+
+
+# --- damaged checkpoints ---------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A 10-step run saved at steps 5 and 10, and its final variables."""
+    workdir = str(tmp_path_factory.mktemp("finished"))
+    training.train_and_evaluate(quick_config(num_steps=10, checkpoint_every_steps=5, eval_every_epochs=100), workdir)
+    return workdir, checkpoints.load_variables(workdir, 10)[0]
+
+
+def largest_file(directory):
+    files = [os.path.join(d, f) for d, _, names in os.walk(directory) for f in names]
+    return max(files, key=os.path.getsize)
+
+
+def truncate(path):
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
+def overwrite(path):
+    size = os.path.getsize(path)
+    with open(path, "wb") as f:
+        f.write(b"\0" * size)
+
+
+DAMAGE = {
+    "truncated array data": lambda step: truncate(largest_file(os.path.join(step, "state"))),
+    "overwritten array data": lambda step: overwrite(largest_file(os.path.join(step, "state"))),
+    "emptied meta": lambda step: open(os.path.join(step, "meta", "metadata"), "w").close(),
+    "missing state": lambda step: shutil.rmtree(os.path.join(step, "state")),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_a_damaged_newest_step_falls_back_to_the_newest_readable_one(damage, finished_run, tmp_path, caplog):
+    source, final_variables = finished_run
+    workdir = str(tmp_path / "run")
+    shutil.copytree(source, workdir)
+    os.remove(os.path.join(workdir, "results.json"))  # as if killed before finishing
+    root = checkpoints.model_root(workdir)
+    DAMAGE[damage](os.path.join(root, "10"))
+    with caplog.at_level(logging.INFO, logger="vgg_jax.train"):
+        results = training.train_and_evaluate(
+            quick_config(num_steps=10, checkpoint_every_steps=5, eval_every_epochs=100), workdir)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name == "vgg_jax.train"]
+    assert len(warnings) == 1 and "step 10" in warnings[0] and "damaged-10" in warnings[0], warnings
+    assert "resumed from" in caplog.text and "at step 5" in caplog.text
+    assert results["step"] == 10 and os.path.isdir(os.path.join(root, "damaged-10"))
+    leaves_equal(checkpoints.load_variables(workdir, 10)[0], final_variables)  # steps 6-10 replayed
+
+
+def test_loading_a_damaged_step_is_one_clear_error(finished_run, tmp_path):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(finished_run[0], workdir)
+    state = os.path.join(checkpoints.model_root(workdir), "10", "state")
+    for directory, _, names in os.walk(state):
+        for name in names:
+            truncate(os.path.join(directory, name))
+    with pytest.raises(checkpoints.UnreadableCheckpoint, match="step 10"):
+        checkpoints.load_variables(workdir, 10)
+
+
+# --- a full disk -----------------------------------------------------------------------------
+
+@pytest.fixture
+def tiny_filesystem(tmp_path):
+    """A 24 MB tmpfs (room for a few checkpoints of the quick model) where mounting is allowed."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount_point)],
+                             capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+def fill(directory):
+    """Writes a file until the filesystem is full."""
+    with open(os.path.join(directory, f"filler-{uuid.uuid4().hex}"), "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * (1 << 20))
+                f.flush()
+        except OSError as error:
+            assert error.errno == errno.ENOSPC
+
+
+def test_a_full_disk_stops_with_one_line_and_the_previous_checkpoint_stays(tiny_filesystem, monkeypatch):
+    workdir = str(tiny_filesystem / "run")
+    saves = []
+    original_save = checkpoints.save
+
+    def save_then_fill(manager, step, *args, **kwargs):
+        saves.append(step)
+        if len(saves) == 2:
+            fill(tiny_filesystem)  # the disk fills up between the first and the second save
+        original_save(manager, step, *args, **kwargs)
+    monkeypatch.setattr(checkpoints, "save", save_then_fill)
+    config = quick_config(num_steps=15, checkpoint_every_steps=5, eval_every_epochs=100)
+    with pytest.raises(checkpoints.CheckpointSaveError) as raised:
+        training.train_and_evaluate(config, workdir)
+    message = str(raised.value)
+    assert "No space left on device" in message and workdir in message and "\n" not in message
+    assert checkpoints.load_variables(workdir, 5)[2] == 5  # the previous step is intact
+    assert not os.path.exists(os.path.join(workdir, "results.json"))
+
+
+# --- config validation -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("section, field, value, expected", [
+    ("train", "learning_rate", -1.0, "train.learning_rate=-1.0 must be a positive number"),
+    ("train", "batch_size", 0, "train.batch_size=0 must be a positive integer"),
+    ("train", "batch_size", 30, "train.batch_size=30 must be a multiple of devices x train.accum_steps (4)"),
+    ("train", "eval_batch_size", 6, "train.eval_batch_size=6 must be a multiple of devices (4)"),
+    ("train", "schedule", "linear", "train.schedule='linear' is unknown"),
+    ("train", "max_lr_drops", -1, "train.max_lr_drops=-1 must be a count >= 0"),
+    ("model", "arch", "vgg17", "model.arch='vgg17' is unknown; choose one of vgg11"),
+    ("model", "dropout_rate", 1.0, "model.dropout_rate=1.0 must be in [0, 1)"),
+    ("model", "image_size", 48, "model.image_size=48 must be a multiple of 32"),
+    ("data", "source", "folder:/no/such/folder", "no folder at /no/such/folder"),
+    ("data", "source", "no_such_dataset", "is neither 'digits', 'folder:PATH' nor a tensorflow-datasets name"),
+    ("data", "scale_min", 16, "data.crop_size (32) exceeds data.scale_min (16)"),
+])
+def test_each_bad_config_value_is_named(section, field, value, expected):
+    config = quick_config()
+    config[section][field] = value
+    with pytest.raises(configuration.ConfigError, match="invalid config") as raised:
+        configuration.validate(config, device_count=4)
+    assert expected in str(raised.value)
+
+
+def test_the_shipped_configs_are_valid():
+    from configs import cats_vs_dogs, vgg16, vgg19_bn
+    for config in (default.get_config(), vgg16.get_config("256-512"), vgg19_bn.get_config("384"),
+                   cats_vs_dogs.get_config("finetune")):
+        configuration.validate(config, device_count=8)
+
+
+def test_train_cli_reports_a_bad_value_in_one_line_before_any_work(tmp_path):
+    completed = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "train.py"), f"--workdir={tmp_path}",
+         "--config.train.learning_rate=-1", "--config.train.batch_size=0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert completed.returncode != 0 and "Traceback" not in completed.stderr
+    last = completed.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: invalid config: ") and "train.learning_rate=-1" in last and "train.batch_size=0" in last
+    assert not os.path.exists(tmp_path / "checkpoints")
+
+
+# --- resuming with another config ------------------------------------------------------------
+
+def test_a_resume_refuses_a_new_batch_size_and_applies_a_new_learning_rate(tmp_path, caplog):
+    config = quick_config(num_steps=4, eval_every_epochs=100, schedule="plateau")
+    training.train_and_evaluate(config, str(tmp_path))
+    config.train.num_steps = 8
+    config.train.batch_size = 64
+    with pytest.raises(checkpoints.CheckpointError, match="train.batch_size 32 -> 64"):
+        training.train_and_evaluate(config, str(tmp_path))
+    config.train.batch_size = 32
+    config.train.learning_rate = 0.01
+    with caplog.at_level(logging.WARNING, logger="vgg_jax.train"):
+        results = training.train_and_evaluate(config, str(tmp_path))
+    assert "train.learning_rate changed from 0.05 to 0.01" in caplog.text
+    assert results["learning_rate"] == pytest.approx(0.01)
+
+
+# --- small pieces ----------------------------------------------------------------------------
+
+def test_eta_shows_days():
+    assert training.format_duration(3 * 86_400 + 4 * 3600 + 5 * 60 + 6) == "3d 04:05:06"
+    assert training.format_duration(59.6) == "00:01:00"
+
+
+def test_compiler_option_is_dropped_with_one_warning_when_jaxlib_rejects_it(monkeypatch, caplog):
+    compilation.compiler_options.cache_clear()
+    monkeypatch.setattr(compilation, "COMPILER_OPTIONS", {"xla_cpu_no_such_option": ""})
+    try:
+        with caplog.at_level(logging.WARNING, logger="vgg_jax"):
+            assert compilation.compiler_options("cpu") == {}
+            assert compilation.compiler_options("cpu") == {}  # checked once
+            assert float(compilation.jit(lambda x: x * 2)(3.0)) == 6.0
+        assert caplog.text.count("this jaxlib rejects") == 1
+        assert compilation.compiler_options("gpu") == {}
+    finally:
+        compilation.compiler_options.cache_clear()
