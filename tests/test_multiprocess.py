@@ -15,7 +15,7 @@ import numpy as np
 from vgg_jax import checkpoints
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NUM_STEPS = 60
+NUM_STEPS = 24
 
 
 def free_port() -> int:
