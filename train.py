@@ -18,6 +18,13 @@ flags.DEFINE_integer("num_processes", None, "processes in a multi-process job")
 flags.DEFINE_integer("process_id", None, "this process's index in a multi-process job")
 
 
+def ignore_closed_event_loops(unraisable):
+    """After a failed asynchronous checkpoint write, tensorstore calls back into orbax's already
+    closed event loops, once per array; the failure itself is reported as one error line."""
+    if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
+        sys.__unraisablehook__(unraisable)
+
+
 def main(argv):
     del argv
     import jax
@@ -32,6 +39,8 @@ def main(argv):
                                    flags.FLAGS.process_id)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save at INFO
+    logging.getLogger("absl").addFilter(training.without_orbax_tracebacks)
+    sys.unraisablehook = ignore_closed_event_loops
     workdir = flags.FLAGS.workdir or os.path.join("runs", flags.FLAGS.config.name)
     try:
         results = training.train_and_evaluate(flags.FLAGS.config, workdir)

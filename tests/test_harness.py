@@ -177,7 +177,7 @@ def test_a_full_disk_stops_with_one_line_and_the_previous_checkpoint_stays(tiny_
     with pytest.raises(checkpoints.CheckpointSaveError) as raised:
         training.train_and_evaluate(config, workdir)
     message = str(raised.value)
-    assert "No space left on device" in message and workdir in message and "\n" not in message
+    assert "[Errno 28] No space left on device" in message and workdir in message and "\n" not in message
     assert checkpoints.load_variables(workdir, 5)[2] == 5  # the previous step is intact
     assert not os.path.exists(os.path.join(workdir, "results.json"))
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 import shutil
 from typing import Any, Iterable
 
@@ -97,7 +98,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict,
     """Saves (asynchronously where the manager is) and raises CheckpointSaveError naming the
     directory and the OS error when the filesystem refuses (full, read-only, no permission);
     the previous steps stay as they were."""
-    with save_errors(manager.directory, step):
+    with save_errors(manager.directory):
         manager.save(step, args=ocp.args.Composite(**{
             STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)}), metrics=metrics,
             force=True)
@@ -105,19 +106,21 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict,
 
 def finish_saving(manager: ocp.CheckpointManager) -> None:
     """Waits for pending asynchronous saves, raising CheckpointSaveError as `save` does."""
-    with save_errors(manager.directory, manager.latest_step()):
+    with save_errors(manager.directory):
         manager.wait_until_finished()
 
 
 @contextlib.contextmanager
-def save_errors(directory, step):
+def save_errors(directory):
+    """An asynchronous save fails at the next save or wait, so the message names the directory
+    rather than a step."""
     try:
         yield
     except CheckpointSaveError:
         raise
     except Exception as error:  # orbax and tensorstore wrap OS errors in their own types
-        raise CheckpointSaveError(f"cannot save checkpoint step {step} in {directory}: "
-                                  f"{os_error_text(error)}") from error
+        raise CheckpointSaveError(f"cannot save a checkpoint in {directory}: {os_error_text(error)}; "
+                                  "the checkpoints saved before it are untouched") from error
 
 
 def os_error_text(error: BaseException) -> str:
@@ -127,8 +130,13 @@ def os_error_text(error: BaseException) -> str:
         if isinstance(seen, OSError) and seen.strerror:
             return f"[Errno {seen.errno}] {seen.strerror}"
         seen = seen.__cause__ or seen.__context__
+    code = re.search(r"os_error_code='(\d+)'", str(error))  # tensorstore's form
+    if code:
+        return f"[Errno {code.group(1)}] {os.strerror(int(code.group(1)))}"
     text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
+    # tensorstore appends a dump of its whole spec to the first line: keep the sentence before it
+    first = text[0].split(" See full TensorStore details")[0] if text else type(error).__name__
+    return first if len(first) <= 300 else first[:300] + "..."
 
 
 def save_model(directory: str | os.PathLike, variables: dict, spec: ModelSpec) -> None:

@@ -552,6 +552,15 @@ def read_results(workdir: str) -> dict:
         return json.load(f)
 
 
+def without_orbax_tracebacks(record: logging.LogRecord) -> bool:
+    """A logging filter: orbax's background save threads log a failed write with a long
+    traceback before the error reaches the loop, which then reports it as one line. Keep
+    their message, drop the traceback."""
+    if "orbax" in record.pathname and record.exc_info:
+        record.exc_info, record.exc_text = None, None
+    return True
+
+
 def close_quietly(manager) -> None:
     """Closes the checkpoint manager on every exit path; a failed pending save has already
     been reported by the error that ended the run."""
