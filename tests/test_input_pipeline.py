@@ -5,9 +5,10 @@ from collections import Counter
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 from PIL import Image
 from sklearn.datasets import load_digits
+
+from benchmarks import datasets
 
 from configs.default import get_config
 from vgg_jax import digits
@@ -138,19 +139,69 @@ def test_impossible_scales_are_config_errors(field, overrides):
         train(data_config(**overrides), 1)
 
 
-def test_imagenet2012_under_mock_data():
-    config = data_config(source="imagenet2012", train_split="train", eval_split="validation")
-    with tfds.testing.mock_data(num_examples=8):
-        info = ip.dataset_info(config)
-        assert (info.num_classes, info.num_train, info.num_eval) == (1000, 8, 8)
-        first, again = train(config, 2, global_batch_size=4), train(config, 2, global_batch_size=4)
-        restarted = train(config, 1, global_batch_size=4, start_step=1)
-        batches = list(ip.eval_batches(config, global_batch_size=6, normalization=NORM,
-                                       process_index=0, process_count=1))
-    assert first[0]["image"].shape == (4, 32, 32, 3)
-    np.testing.assert_array_equal(first[1]["image"], again[1]["image"])
-    np.testing.assert_array_equal(first[1]["image"], restarted[0]["image"])
-    assert [b["mask"].sum() for b in batches] == [6, 2]
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory):
+    """'synthetic_images' prepared as tfds prepares ImageNet: TFRecord shards (12 here), no cache."""
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    datasets.build_tfds(data_dir, num_train=150, num_val=12, num_classes=3, train_shards=12)
+    return data_dir
+
+
+def tfds_config(data_dir, **overrides):
+    return data_config(**{"source": datasets.NAME, "data_dir": data_dir, "eval_split": "validation", **overrides})
+
+
+def records(config, start, n, seed=0, process_index=0, process_count=1):
+    """The first n encoded images of the raw train stream from position `start`."""
+    split = ip._load_split(config, "train")
+    stream = split.train_stream(seed, start, process_index, process_count, config.shuffle_buffer,
+                                lambda position, data, label: {"data": data})
+    return [example["data"] for example in stream.take(n).as_numpy_iterator()]
+
+
+def test_tfds_sizes_come_from_metadata_and_batches_restart_exactly(tfds_dir):
+    config = tfds_config(tfds_dir)
+    info = ip.dataset_info(config)
+    assert (info.num_classes, info.num_train, info.num_eval) == (3, 150, 12)
+    uninterrupted = train(config, 25, global_batch_size=12)  # two epochs of 150
+    restarted = train(config, 2, global_batch_size=12, start_step=23)
+    for a, b in zip(uninterrupted[23:], restarted):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+    batches = list(ip.eval_batches(config, global_batch_size=8, normalization=NORM, process_index=0, process_count=1))
+    assert [b["mask"].sum() for b in batches] == [8, 4]
+
+
+@pytest.mark.parametrize("window", [1, 16, 64, 1000])
+def test_tfds_order_is_a_seekable_shuffle_of_whole_epochs(tfds_dir, window):
+    config = tfds_config(tfds_dir, shuffle_buffer=window)
+    split = ip._load_split(config, "train")
+    in_order = [e["image"] for e in split.eval_stream(0, 1, lambda data, label: {"image": data}).as_numpy_iterator()]
+    stream = records(config, 0, 3 * 150)
+    epochs = [stream[i * 150:(i + 1) * 150] for i in range(3)]
+    for epoch in epochs:
+        assert sorted(epoch) == sorted(in_order)  # each epoch: every record once
+    assert epochs[0] != in_order and epochs[0] != epochs[1] != epochs[2]  # shuffled, anew each epoch
+    shard_ends = np.cumsum(split.builder.info.splits["train"].shard_lengths)
+    shards = {int(np.searchsorted(shard_ends, in_order.index(record), side="right")) for record in epochs[0][:16]}
+    assert shards != {0, 1} and len(shards) >= (2 if window <= 16 else 4)  # files shuffled, windows mixed
+    for start in [1, 15, 16, 149, 150, 151, 307]:  # window edges, epoch edges, mid-epoch
+        assert records(config, start, 20) == stream[start:start + 20]
+
+
+def test_tfds_processes_share_every_epoch(tfds_dir):
+    config = tfds_config(tfds_dir, shuffle_buffer=16)
+    shares = [records(config, 0, 75, process_index=i, process_count=2) for i in range(2)]
+    assert sorted(shares[0] + shares[1]) == sorted(records(config, 0, 150))
+    assert records(config, 80, 10, process_index=1, process_count=2) == records(
+        config, 0, 90, process_index=1, process_count=2)[80:]
+
+
+def test_tfds_user_errors_name_the_problem(tfds_dir):
+    with pytest.raises(ValueError, match="unknown dataset 'no_such_dataset'"):
+        ip.dataset_info(data_config(source="no_such_dataset", data_dir=tfds_dir))
+    with pytest.raises(ValueError, match="no prepared split 'test'"):
+        ip.dataset_info(tfds_config(tfds_dir, eval_split="test"))
 
 
 # Folder datasets.
