@@ -296,7 +296,7 @@ def _tfds_split(name: str, data_dir: str | None, split: str) -> _TfdsSplit:
                          f"as data.source ({str(error).splitlines()[0]})") from None
     try:
         builder.info.splits[split]
-    except KeyError:
+    except (KeyError, ValueError):
         raise ValueError(f"tfds dataset {name} has no prepared split {split!r} under {builder.data_dir} "
                          f"(prepared: {sorted(builder.info.splits)}): prepare it with `tfds build {name} "
                          f"--data_dir=...` or fix data.train_split/eval_split") from None
