@@ -9,6 +9,8 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from benchmarks import datasets
+import tensorflow as tf
+from vgg_jax import preprocessing as pp
 
 from configs.default import get_config
 from vgg_jax import digits
@@ -232,21 +234,59 @@ def folder(tmp_path):
 
 def test_folder_dataset_skips_and_counts_bad_files_and_reads_every_format(folder, caplog):
     config = data_config(source=f"folder:{folder}", train_split="train", eval_split="val", val_fraction=0.3)
-    info = ip.dataset_info(config)
+    info = ip.dataset_info(config)  # a listing: nothing is decoded yet
     assert info.class_names == ["cat", "dog"]
-    assert info.num_train + info.num_eval == 19  # 20 images, truncated.jpg and notes.txt left out
+    assert info.num_train + info.num_eval == 21 and ip.skipped_files(config, "train").count == 0
+    with caplog.at_level("WARNING"):
+        batches = train(config, 2 * info.num_train // 4 + 1, global_batch_size=4, seed=3)  # past epoch 1
+        evaluated = list(ip.eval_images(config, scale=30, normalization=Normalization((0.0, 0.0, 0.0)),
+                                        process_index=0, process_count=1))
+    assert all(batch["image"].shape == (4, 32, 32, 3) and set(batch) == {"image", "label"} for batch in batches)
     skipped = ip.skipped_files(config, "train").paths + ip.skipped_files(config, "val").paths
     assert sorted(p.rsplit("/", 1)[-1] for p in skipped) == ["notes.txt", "truncated.jpg"]
-    with caplog.at_level("WARNING"):
-        batch = train(config, 1, global_batch_size=4, seed=3)[0]
-    assert batch["image"].shape == (4, 32, 32, 3)
-    assert f"epoch 0: skipped {ip.skipped_files(config, 'train').count} unreadable" in caplog.text
-    plain = Normalization((0.0, 0.0, 0.0))
-    for image, label in ip.eval_images(config, scale=30, normalization=plain, process_index=0, process_count=1):
+    train_skipped = ip.skipped_files(config, "train").count
+    if train_skipped:
+        assert f"epoch 1: skipped {train_skipped} unreadable image files so far" in caplog.text
+    assert len(evaluated) == info.num_eval - ip.skipped_files(config, "val").count
+    for image, label in evaluated:
         color = np.array(COLORS[info.class_names[label]], float)
         grey = np.full(3, color @ [0.299, 0.587, 0.114])  # what the greyscale BMP holds
         mean = image.reshape(-1, 3).mean(0)
         assert min(np.abs(mean - color).max(), np.abs(mean - grey).max()) < 8  # CMYK, palette, ... -> RGB
+
+
+def test_unreadable_files_are_replaced_in_the_stream_and_restarts_stay_exact(folder):
+    config = data_config(source=f"folder:{folder}", val_fraction=0.0)
+    split = ip._load_split(config, "train")
+    bad = {str(folder / "cat" / "truncated.jpg"), str(folder / "dog" / "notes.txt")}
+
+    def stream(start, n):
+        examples = split.train_stream(0, start, 0, 1, 0, lambda p, data, label: {
+            "data": data, "shape": tf.shape(pp.decode(data))})
+        return [(e["data"], e["mask"], tuple(e["failed"])) for e in examples.take(n).as_numpy_iterator()]
+
+    n = split.num_examples  # 21 listed, 19 readable
+    epochs = stream(0, 3 * n)
+    assert all(mask for _, mask, _ in epochs)  # every position holds a readable image
+    readable = Counter(open(path, "rb").read() for path in split.data if path not in bad)
+    for e in range(3):  # each epoch: every readable file, plus one stand-in per unreadable one
+        seen = Counter(data for data, _, _ in epochs[e * n:(e + 1) * n])
+        assert not readable - seen and seen.total() == readable.total() + 2
+    failed = {split.path(i) for _, _, indices in epochs for i in indices if i >= 0}
+    assert failed == bad
+    for start in [1, n - 1, n + 5]:
+        assert stream(start, 10) == epochs[start:start + 10]
+
+
+def test_folder_start_up_decodes_nothing(tmp_path):
+    for name in ["a", "b"]:
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            (tmp_path / name / f"{i}.jpg").write_text("not decoded before it is read")
+    config = data_config(source=f"folder:{tmp_path}", val_fraction=0.0)
+    assert ip.dataset_info(config).num_train == 6  # the old start-up check would reject every file
+    with pytest.raises(ValueError, match="files in a row of the training order are unreadable"):
+        train(config, 1, global_batch_size=2)
 
 
 def test_folder_dataset_with_train_and_val_folders(tmp_path):
