@@ -55,8 +55,8 @@ class SyntheticImages(tfds.core.GeneratorBasedBuilder):
 
 def build_tfds(data_dir: str, *, num_train: int = 64, num_val: int = 16, num_classes: int = 4,
                train_shards: int = 8, image_size: tuple[int, int] = (40, 30)) -> str:
-    """Prepares 'synthetic_images' under `data_dir` (validation gets train_shards // 16 + 1 shards,
-    ImageNet's ratio) and returns its name for `config.data.source`."""
+    """Prepares 'synthetic_images' under `data_dir` and returns its name for `config.data.source`.
+    tfds gives every split `train_shards` shards, so num_val must be at least that."""
     SyntheticImages.sizes = {"num_train": num_train, "num_val": num_val, "num_classes": num_classes,
                              "image_size": tuple(image_size)}
     builder = SyntheticImages(data_dir=data_dir)
@@ -67,10 +67,11 @@ def build_tfds(data_dir: str, *, num_train: int = 64, num_val: int = 16, num_cla
 
 def build_folder(root: str, *, num_images: int = 64, num_classes: int = 4,
                  image_size: tuple[int, int] = (40, 30)) -> str:
-    """root/class_<k>/<i>.jpg for i < num_images; returns root."""
+    """root/class_<k>/<i>.jpg for i < num_images, then root/.complete; returns root."""
     for i in range(num_images):
         folder = os.path.join(root, f"class_{i % num_classes}")
         os.makedirs(folder, exist_ok=True)
         with open(os.path.join(folder, f"{i}.jpg"), "wb") as f:
             f.write(jpeg(i, image_size))
+    open(os.path.join(root, ".complete"), "w").close()  # hidden: not listed as a class
     return root

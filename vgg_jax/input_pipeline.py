@@ -215,7 +215,7 @@ class _TfdsSplit:
             return windows.map(lambda w, records: tf.gather(records, tf.random.experimental.index_shuffle(
                 tf.range(tf.size(records, out_type=tf.int64)),
                 tf.random.experimental.stateless_fold_in(tf.stack([tf.constant(seed, tf.int64), epoch]), w),
-                tf.size(records, out_type=tf.int64) - 1))).unbatch()
+                tf.size(records, out_type=tf.int64) - 1))).prefetch(1).unbatch()  # reads the next window ahead
 
         records = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch_records).skip(in_window)
         positions = tf.data.Dataset.range(start, np.iinfo(np.int64).max)
