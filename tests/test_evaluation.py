@@ -79,8 +79,8 @@ def test_padded_dense_batch_equals_each_image_evaluated_alone(arch):
     for images in (landscape, portrait):
         shapes = {evaluation.padded_shape(image.shape, 32, 32) for image in images}
         assert len(shapes) == 1  # one batch of one padded shape
-        batch = evaluation.dense_batch(images, shapes.pop())
-        got = np.asarray(evaluation.dense_method(model, variables, **batch)["dense"])
+        batch = evaluation.padded_batch(images, shapes.pop())
+        got = np.asarray(evaluation.all_methods(model, variables, **batch)["dense"])
         expected = [dense_alone(model, variables, image) for image in images]
         np.testing.assert_allclose(got, expected, atol=2e-6)
 
@@ -93,15 +93,28 @@ def test_padded_dense_batch_equals_each_image_evaluated_alone(arch):
     assert not np.allclose(naive, exact, atol=1e-4)
 
 
-def test_multi_crop_is_the_5x5_grid_and_mirrors_by_numpy_slicing():
-    image = np.random.default_rng(2).standard_normal((40, 52, 3)).astype(np.float32)
-    crops = evaluation.multi_crops(image, 32)
-    assert crops.shape == (50, 32, 32, 3)
+def test_crops_and_mirrors_cut_on_the_device_are_numpy_slices_of_each_padded_image():
+    rng = np.random.default_rng(2)
+    image, narrow = rng.standard_normal((40, 52, 3)).astype(np.float32), rng.standard_normal((40, 42, 3)).astype(np.float32)
+    batch = evaluation.padded_batch([image, narrow], (40, 64))
+    centre, crops = jax.jit(evaluation.multi_crops, static_argnums=2)(batch["images"], batch["sizes"], 32)
+    assert centre.shape == (2, 1, 32, 32, 3) and crops.shape == (2, 50, 32, 32, 3)
     expected = {0: image[:32, :32], 2: image[:32, 10:42], 4: image[:32, 20:],
                 12: image[4:36, 10:42], 20: image[8:, :32], 24: image[8:, 20:]}
     for index, window in expected.items():
-        np.testing.assert_array_equal(crops[index], window)
-        np.testing.assert_array_equal(crops[25 + index], window[:, ::-1])
+        np.testing.assert_array_equal(crops[0, index], window)
+        np.testing.assert_array_equal(crops[0, 25 + index], window[:, ::-1])
+    np.testing.assert_array_equal(centre[0, 0], image[4:36, 10:42])
+    np.testing.assert_array_equal(centre[1, 0], narrow[4:36, 5:37])
+    np.testing.assert_array_equal(crops[1, 4], narrow[:32, 10:])  # the grid spans the image, not the padding
+    mirrors = np.asarray(evaluation.mirrored(batch["images"], batch["sizes"]))
+    np.testing.assert_array_equal(mirrors[1], np.pad(narrow[:, ::-1], ((0, 0), (0, 22), (0, 0))))
+    odd = rng.standard_normal((47, 60, 3)).astype(np.float32)  # offsets that round: as np.round(np.linspace)
+    _, odd_crops = evaluation.multi_crops(odd[None], np.array([[47, 60]]), 32)
+    ys, xs = np.round(np.linspace(0, 47 - 32, 5)).astype(int), np.round(np.linspace(0, 60 - 32, 5)).astype(int)
+    for k, (y, x) in enumerate((y, x) for y in ys for x in xs):
+        np.testing.assert_array_equal(odd_crops[0, k], odd[y:y + 32, x:x + 32])
+    crops = np.asarray(crops[0])
 
     model = tiny_model()
     variables = init(model)
