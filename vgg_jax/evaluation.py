@@ -50,6 +50,7 @@ from vgg_jax import checkpoints, compilation, input_pipeline, models, sharding
 log = logging.getLogger("vgg_jax.eval")
 
 METHODS = ("single-crop", "dense", "multi-crop", "dense+multi-crop")
+IMPORTED_SCALES = (256, 384, 512)  # default Q for weights without a training config (224 crop)
 GRID = 5  # multi-crop: a GRID x GRID grid of crops, each also mirrored
 POOLS = len(models.BLOCK_WIDTHS)
 
@@ -84,11 +85,15 @@ def choose_scales(data_config, crop: int, scales: Sequence[int] = ()) -> tuple[l
 
     Explicit `scales` must all fit the crop. Otherwise from the training scales (Sec. 4.2):
     fixed S gives Q in {S-32, S, S+32}; jittered [Smin, Smax] gives {Smin, (Smin+Smax)/2, Smax}.
+    Without training scales (data_config.scale_min None: imported weights), the paper's
+    multi-scale Q = 256, 384, 512 for a 224 crop, in proportion for other crops.
     """
     if scales:
         for scale in scales:
             check_scale(scale, crop)
         return list(dict.fromkeys(scales)), []
+    if data_config.get("scale_min") is None:
+        return [round(q * crop / 224) for q in IMPORTED_SCALES], []
     low, high = data_config.scale_min, data_config.scale_max
     derived = [low - 32, low, low + 32] if low == high else [low, (low + high) // 2, high]
     derived = list(dict.fromkeys(derived))

@@ -260,6 +260,9 @@ def _folder_split(files: dict[str, list[str]], class_names: list[str]) -> _Index
 
 @functools.lru_cache(maxsize=None)
 def _load_folder_split(root: str, split: str, train_split: str, val_fraction: float) -> _IndexedSplit:
+    if not os.path.isdir(root):
+        raise ValueError(f"folder dataset {root} does not exist: give data.source='folder:PATH' with "
+                         "PATH holding one sub-folder per class (or train/ and val/ holding them)")
     if os.path.isdir(os.path.join(root, train_split)):  # PATH/train, PATH/val, ... hold the classes
         class_names, _ = _class_files(os.path.join(root, train_split))
         if not os.path.isdir(os.path.join(root, split)):
