@@ -1,20 +1,20 @@
-"""The input pipeline end to end: sources, order, restarts, sharding, padding and bad input."""
+"""The input pipeline end to end: sources, order, restarts (seeking, for tfds), sharding, padding and bad input."""
 
 import itertools
 from collections import Counter
 
 import numpy as np
 import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
 from PIL import Image
 from sklearn.datasets import load_digits
 
 from benchmarks import datasets
-import tensorflow as tf
-from vgg_jax import preprocessing as pp
-
 from configs.default import get_config
 from vgg_jax import digits
 from vgg_jax import input_pipeline as ip
+from vgg_jax import preprocessing as pp
 from vgg_jax.normalization import Normalization
 
 NORM = Normalization((10.0, 20.0, 30.0), (2.0, 2.0, 2.0))
@@ -139,6 +139,24 @@ def test_eval_images_rescale_the_smallest_side():
 def test_impossible_scales_are_config_errors(field, overrides):
     with pytest.raises(ValueError, match=f"data.{field}"):
         train(data_config(**overrides), 1)
+
+
+
+
+
+def test_imagenet2012_under_mock_data():
+    config = data_config(source="imagenet2012", train_split="train", eval_split="validation")
+    with tfds.testing.mock_data(num_examples=8):
+        info = ip.dataset_info(config)
+        assert (info.num_classes, info.num_train, info.num_eval) == (1000, 8, 8)
+        first, again = train(config, 2, global_batch_size=4), train(config, 2, global_batch_size=4)
+        restarted = train(config, 1, global_batch_size=4, start_step=1)
+        batches = list(ip.eval_batches(config, global_batch_size=6, normalization=NORM,
+                                       process_index=0, process_count=1))
+    assert first[0]["image"].shape == (4, 32, 32, 3)
+    np.testing.assert_array_equal(first[1]["image"], again[1]["image"])
+    np.testing.assert_array_equal(first[1]["image"], restarted[0]["image"])
+    assert [b["mask"].sum() for b in batches] == [6, 2]
 
 
 @pytest.fixture(scope="module")

@@ -300,10 +300,22 @@ def _tfds_split(name: str, data_dir: str | None, split: str) -> _TfdsSplit:
     try:
         builder.info.splits[split]
     except (KeyError, ValueError):
-        raise ValueError(f"tfds dataset {name} has no prepared split {split!r} under {builder.data_dir} "
-                         f"(prepared: {sorted(builder.info.splits)}): prepare it with `tfds build {name} "
-                         f"--data_dir=...` or fix data.train_split/eval_split") from None
+        return _in_memory_tfds_split(builder, split)
     return _TfdsSplit(builder, split)
+
+
+def _in_memory_tfds_split(builder: tfds.core.DatasetBuilder, split: str) -> _IndexedSplit:
+    """A split without files, read by tfds into memory: what `tfds.testing.mock_data` provides."""
+    try:
+        examples = builder.as_dataset(split=split, shuffle_files=False,
+                                      decoders={"image": tfds.decode.SkipDecoding()}).as_numpy_iterator()
+        images, labels = zip(*((example["image"], example["label"]) for example in examples))
+    except (AssertionError, KeyError, ValueError):
+        raise ValueError(f"tfds dataset {builder.name} has no prepared split {split!r} under {builder.data_dir} "
+                         f"(prepared: {sorted(builder.info.splits)}): prepare it with `tfds build {builder.name} "
+                         f"--data_dir=...` or fix data.train_split/eval_split") from None
+    class_names = list(builder.info.features["label"].names)
+    return _IndexedSplit(np.array(images, dtype=object), np.array(labels, np.int32), class_names, from_files=False)
 
 
 # The public interface.
