@@ -59,7 +59,8 @@ def training_config(path: str) -> ConfigDict | None:
 def data_config(FLAGS, paths: list[str]) -> ConfigDict:
     """config.data from --config, the first run's config.json, or --dataset (imported weights)."""
     config = FLAGS.config if FLAGS["config"].present else training_config(paths[0])
-    if config is None:  # an imported model: no training scales, the data from the command line
+    imported = config is None
+    if imported:  # an imported model: no training scales, the data from the command line
         if not FLAGS.dataset:
             raise ValueError(f"{paths[0]} has no training config.json: give the dataset with "
                              "--dataset=NAME (e.g. imagenet2012, 'folder:PATH') or a --config")
@@ -67,6 +68,10 @@ def data_config(FLAGS, paths: list[str]) -> ConfigDict:
         config.data.update(scale_min=None, scale_max=None, eval_split="validation")
     overrides = {"source": FLAGS.dataset, "data_dir": FLAGS.data_dir, "eval_split": FLAGS.split}
     config.data.update({key: value for key, value in overrides.items() if value is not None})
+    root = os.path.expanduser(config.data.source.removeprefix("folder:"))
+    if imported and config.data.source.startswith("folder:") and not os.path.isdir(os.path.join(root, config.data.eval_split)):
+        # class folders directly under PATH, none held out for training: evaluate them all
+        config.data.update(train_split=config.data.eval_split, val_fraction=0.0)
     return config
 
 

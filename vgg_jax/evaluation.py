@@ -312,9 +312,9 @@ def ensemble_posteriors(members: Sequence[Member], data_config, scales: Sequence
     crop = max(member.model.image_size for member in members)
     for scale in scales:
         check_scale(scale, crop)
-    info = input_pipeline.dataset_info(data_config)
-    check_classes(members, info.num_classes, data_config.source)
-    total = info.num_eval if num_images is None else min(num_images, info.num_eval)
+    class_names, num_eval = input_pipeline.split_info(data_config)
+    check_classes(members, len(class_names), data_config.source)
+    total = num_eval if num_images is None else min(num_images, num_eval)
     mine = len(range(index, total, count))  # the split's first `total` images are dealt round robin
     totals, labels = {}, None
     for member, scale in itertools.product(members, scales):

@@ -327,6 +327,13 @@ def dataset_info(data_config) -> DatasetInfo:
     return DatasetInfo(len(train.class_names), train.class_names, train.num_examples, num_eval)
 
 
+def split_info(data_config, split: str | None = None) -> tuple[list[str], int]:
+    """(class names, number of examples) of one split (default: the eval split), from metadata
+    or a listing; for evaluating a split alone (e.g. only ImageNet's validation is prepared)."""
+    source = _load_split(data_config, split or data_config.eval_split)
+    return source.class_names, source.num_examples
+
+
 def skipped_files(data_config, split: str | None = None) -> SkippedFiles:
     """The files of a split (default: the eval split) found unreadable so far by this process's
     streams; the count grows as the files are read. Other processes count their own shards."""
