@@ -137,8 +137,8 @@ class _IndexedSplit:
         return tf.io.read_file(image) if self.from_files else image, tf.constant(self.labels)[index]
 
     def train_stream(self, seed, start, process_index, process_count, window, preprocess):
-        """{'image', 'label', 'mask', 'failed'} from position `start` on; `window` is unused (a
-        full permutation per epoch). An unreadable file is replaced by the next readable one."""
+        """{'image', 'label'} from position `start` on, with 'mask' and 'failed' for files; `window`
+        is unused (a full permutation per epoch). An unreadable file is replaced by the next one."""
         del window
         shard = tf.constant(np.arange(self.num_examples)[process_index::process_count])
         size = tf.size(shard, out_type=tf.int64)
@@ -152,7 +152,10 @@ class _IndexedSplit:
             candidates = tf.stack([shard_index(position + k) for k in range(TRAIN_ATTEMPTS)])
             return _first_readable(candidates, lambda index: preprocess(position, *self._read(index)))
 
-        return _in_order(tf.data.Dataset.range(start, np.iinfo(np.int64).max), example)
+        positions = tf.data.Dataset.range(start, np.iinfo(np.int64).max)
+        if not self.from_files:  # images encoded in memory (digits, mock tfds) always decode: 2x faster
+            return positions.map(lambda p: preprocess(p, *self._read(shard_index(p))), num_parallel_calls=tf.data.AUTOTUNE)
+        return _in_order(positions, example)
 
     def eval_stream(self, process_index, process_count, preprocess):
         """{'image', 'label', 'mask', 'failed'} of this process's shard; unreadable files: mask False."""
