@@ -18,9 +18,11 @@ p = k * batch in time independent of k:
   inside it (at most one shard) and reads one window: the same work as a fresh start.
 Augmentation draws from stateless RNGs keyed on (seed, process, p).
 
-Folder files are listed at start-up, never decoded before training: a file that cannot be
-decoded is found when it is read, replaced in the stream by the next file of the epoch's order
-(so positions, and hence restarts, stay exact), and counted (`skipped_files`).
+Folder files are listed at start-up (every process lists; each reads only its shard's files),
+never decoded before training: a file that cannot be decoded is found when it is read, replaced
+in the stream by the next file of the epoch's order (so positions, and hence restarts, stay
+exact), counted in `skipped_files` and reported as each epoch starts. Split sizes come from tfds
+metadata or the listing, read once: no per-step work touches the dataset's files or metadata.
 """
 
 from __future__ import annotations
