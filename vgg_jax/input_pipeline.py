@@ -115,6 +115,22 @@ def _in_order(indices: tf.data.Dataset, one_example: Callable) -> tf.data.Datase
     return indices.interleave(one_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
+def _shuffled(values: tf.Tensor, key: tf.Tensor) -> tf.Tensor:
+    """`values` [n] in the order of the stateless permutation keyed on `key` [2]."""
+    n = tf.size(values, out_type=tf.int64)
+    return tf.gather(values, tf.random.experimental.index_shuffle(tf.range(n), key, n - 1))
+
+
+def _seek(files, skips, takes, begin):
+    """The runs of records (files, skips, takes) from record `begin` of their concatenation on:
+    the run holding that record starts there, skipping the records before it (at most one shard)."""
+    ends = tf.cumsum(takes)
+    piece = tf.searchsorted(ends, begin[None], side="right")[0]
+    inside = begin - (ends[piece] - takes[piece])
+    return (files[piece:], tf.tensor_scatter_nd_add(skips, [[piece]], [inside])[piece:],
+            tf.tensor_scatter_nd_sub(takes, [[piece]], [inside])[piece:])
+
+
 # Splits. An indexed split holds its examples as strings (encoded bytes or file paths) and is
 # read by index; a tfds split is read by seeking in its TFRecord shards.
 
@@ -205,22 +221,16 @@ class _TfdsSplit:
         first_window, in_window = divmod(offset, window)
 
         def epoch_records(epoch):
-            """The epoch's records from the start of its window `first_window` (first epoch) or 0."""
-            order = tf.random.experimental.index_shuffle(
-                tf.range(len(files), dtype=tf.int64), tf.stack([tf.constant(seed, tf.int64), epoch]), len(files) - 1)
-            f, skip, take = tf.gather(files, order), tf.gather(skips, order), tf.gather(takes, order)
+            """The epoch's records from the start of its window `first_window` (first epoch) or 0:
+            shards in an order keyed on (seed, epoch), each window shuffled with a key of its own."""
+            key = tf.stack([tf.constant(seed, tf.int64), epoch])
+            order = _shuffled(tf.range(len(files), dtype=tf.int64), key)
             begin_window = tf.where(epoch == first_epoch, tf.constant(first_window, tf.int64), 0)
-            begin = begin_window * window  # the record to start at, in this epoch's order
-            ends = tf.cumsum(take)
-            piece = tf.searchsorted(ends, begin[None], side="right")[0]
-            inside = begin - (ends[piece] - take[piece])  # records of that piece before `begin`
-            skip = tf.tensor_scatter_nd_add(skip, [[piece]], [inside])[piece:]
-            take = tf.tensor_scatter_nd_sub(take, [[piece]], [inside])[piece:]
-            windows = self._records(f[piece:], skip, take).batch(window).enumerate(begin_window)
-            return windows.map(lambda w, records: tf.gather(records, tf.random.experimental.index_shuffle(
-                tf.range(tf.size(records, out_type=tf.int64)),
-                tf.random.experimental.stateless_fold_in(tf.stack([tf.constant(seed, tf.int64), epoch]), w),
-                tf.size(records, out_type=tf.int64) - 1))).prefetch(1).unbatch()  # reads the next window ahead
+            pieces = _seek(tf.gather(files, order), tf.gather(skips, order), tf.gather(takes, order),
+                           begin_window * window)
+            windows = self._records(*pieces).batch(window).enumerate(begin_window)
+            shuffled = windows.map(lambda w, records: _shuffled(records, tf.random.experimental.stateless_fold_in(key, w)))
+            return shuffled.prefetch(1).unbatch()  # the next window is read ahead
 
         records = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch_records).skip(in_window)
         positions = tf.data.Dataset.range(start, np.iinfo(np.int64).max)
