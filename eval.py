@@ -1,14 +1,21 @@
 """Evaluate as the paper does (Sec. 3.2, 4): single crop, dense, multi-crop and both, at test scales Q.
 
-  python eval.py --config configs/X.py --workdir DIR           # the run's best (else latest) step
-  python eval.py --config configs/X.py --checkpoint A --checkpoint B   # an ensemble of A and B
+  python eval.py --workdir DIR                                  # a training run: its config.json, best step
+  python eval.py --checkpoint A --checkpoint B                  # an ensemble of A and B
+  python eval.py --checkpoint models/vgg16 --dataset imagenet2012 --data_dir ~/tensorflow_datasets
+  python eval.py --checkpoint pretrained:vgg16 --dataset imagenet2012   # fetched on first use
   python eval.py ... --scales 256,384,512 --out DIR
 
 Prints the top-1/top-5 error table and writes it to eval_results.json and eval_results.csv in
---out (default: the workdir, else the current directory). The config gives the dataset and its
-eval_split, and the training scales the default test scales come from.
+--out (default: the workdir, else the current directory). The data come from --config when it
+is given, else from the first checkpoint's training config.json, else (an imported model
+directory) from --dataset. Default test scales: from the training scales (S-32, S, S+32 or Smin,
+(Smin+Smax)/2, Smax); without them (imported weights) Q = 256, 384, 512 for a 224 crop.
+--dataset, --data_dir and --split override the config's data source, tfds data_dir and eval_split.
+Several processes (--coordinator, or a TPU pod / SLURM job) each evaluate their shard of the split.
 """
 
+import json
 import logging
 import os
 import sys
@@ -16,39 +23,101 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from ml_collections import ConfigDict, config_flags  # noqa: E402
 
-config_flags.DEFINE_config_file("config", "configs/default.py", "ml_collections config file")
+config_flags.DEFINE_config_file("config", "configs/default.py", "ml_collections config file (default: "
+                                "the first checkpoint's config.json, else the digits config's fields)")
 flags.DEFINE_string("workdir", None, "a training workdir to evaluate (and write the results to)")
 flags.DEFINE_multi_string("checkpoint", [], "a workdir, model directory or pretrained:NAME; repeat for an ensemble")
-flags.DEFINE_list("scales", [], "test scales Q, e.g. 256,384,512 (default: from config.data.scale_min "
-                  "and scale_max: S-32, S, S+32 or Smin, (Smin+Smax)/2, Smax)")
+flags.DEFINE_string("dataset", None, "data source: a tfds name ('imagenet2012'), 'digits' or 'folder:PATH'")
+flags.DEFINE_string("data_dir", None, "tfds data_dir")
+flags.DEFINE_string("split", None, "the split to evaluate (default: the config's eval_split; "
+                    "'validation' with --dataset and no training config)")
+flags.DEFINE_list("scales", [], "test scales Q, e.g. 256,384,512 (default: from the training scales, "
+                  "or 256,384,512 for imported weights)")
 flags.DEFINE_string("out", None, "directory for eval_results.json and eval_results.csv")
 flags.DEFINE_integer("batch_size", 8, "images per batch (50 crops each for multi-crop); a multiple "
                      "of the device count")
 flags.DEFINE_integer("num_images", None, "evaluate only the first N images of the split")
+flags.DEFINE_string("coordinator", None, "host:port of process 0 for a multi-process evaluation; "
+                    "otherwise jax.distributed picks up TPU/SLURM environments by itself")
+flags.DEFINE_integer("num_processes", None, "processes in a multi-process evaluation")
+flags.DEFINE_integer("process_id", None, "this process's index in a multi-process evaluation")
+
+
+def training_config(path: str) -> ConfigDict | None:
+    """The config.json a training run left in its workdir, if any."""
+    try:
+        with open(os.path.join(path, "config.json")) as f:
+            return ConfigDict(json.load(f))
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"cannot read {os.path.join(path, 'config.json')}: {error}; "
+                         "pass --config (or --dataset) instead") from error
+
+
+def data_config(FLAGS, paths: list[str]) -> ConfigDict:
+    """config.data from --config, the first run's config.json, or --dataset (imported weights)."""
+    config = FLAGS.config if FLAGS["config"].present else training_config(paths[0])
+    imported = config is None
+    if imported:  # an imported model: no training scales, the data from the command line
+        if not FLAGS.dataset:
+            raise ValueError(f"{paths[0]} has no training config.json: give the dataset with "
+                             "--dataset=NAME (e.g. imagenet2012, 'folder:PATH') or a --config")
+        config = FLAGS.config
+        config.data.update(scale_min=None, scale_max=None, eval_split="validation")
+    overrides = {"source": FLAGS.dataset, "data_dir": FLAGS.data_dir, "eval_split": FLAGS.split}
+    config.data.update({key: value for key, value in overrides.items() if value is not None})
+    root = os.path.expanduser(config.data.source.removeprefix("folder:"))
+    if imported and config.data.source.startswith("folder:") and not os.path.isdir(os.path.join(root, config.data.eval_split)):
+        # class folders directly under PATH, none held out for training: evaluate them all
+        config.data.update(train_split=config.data.eval_split, val_fraction=0.0)
+    return config
+
+
+def parse_scales(values: list[str]) -> list[int]:
+    try:
+        return [int(value) for value in values]
+    except ValueError:
+        raise ValueError(f"--scales={','.join(values)}: give whole numbers of pixels, e.g. --scales=256,384,512") from None
+
+
+def check_arguments(FLAGS) -> tuple[list[str], list[int]]:
+    """(checkpoint paths, scales), or ValueError naming the bad argument (before the heavy imports)."""
+    paths = ([FLAGS.workdir] if FLAGS.workdir else []) + FLAGS.checkpoint
+    if not paths:
+        raise ValueError("nothing to evaluate: give --workdir=DIR or --checkpoint=DIR")
+    for path in paths:
+        if not path.startswith("pretrained:") and not os.path.isdir(path):
+            raise ValueError(f"no checkpoint directory at {path}: give a training workdir or a model directory")
+    return paths, parse_scales(FLAGS.scales)
 
 
 def main(argv):
     del argv
-    from vgg_jax import checkpoints, evaluation, weights
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("absl").setLevel(logging.WARNING)
     FLAGS = flags.FLAGS
-    paths = ([FLAGS.workdir] if FLAGS.workdir else []) + FLAGS.checkpoint
-    if not paths:
-        raise app.UsageError("give --workdir or at least one --checkpoint")
     try:
-        scales = [int(scale) for scale in FLAGS.scales]
-        paths = [weights.resolve(path) for path in paths]  # pretrained:NAME -> its cached model directory
-        results = evaluation.run(FLAGS.config, paths, scales, batch_size=FLAGS.batch_size,
-                                 num_images=FLAGS.num_images)
-    except (checkpoints.CheckpointError, ValueError) as error:
+        paths, scales = check_arguments(FLAGS)
+    except ValueError as error:
         sys.exit(f"error: {error}")
-    print(evaluation.format_table(results))
-    for path in evaluation.write_results(results, FLAGS.out or FLAGS.workdir or "."):
-        print(f"wrote {path}")
+    import jax  # TensorFlow and JAX: seconds to import
+
+    from vgg_jax import checkpoints, evaluation, sharding, weights
+
+    sharding.initialize_processes(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+    try:
+        paths = [weights.resolve(path) for path in paths]  # pretrained:NAME -> its cached model directory
+        config = data_config(FLAGS, paths)
+        results = evaluation.run(config, paths, scales, batch_size=FLAGS.batch_size, num_images=FLAGS.num_images)
+    except (checkpoints.CheckpointError, ValueError) as error:  # WeightsError is a ValueError
+        sys.exit(f"error: {error}")
+    if jax.process_index() == 0:  # every process evaluated its shard; the table is the whole split's
+        print(evaluation.format_table(results))
+        for path in evaluation.write_results(results, FLAGS.out or FLAGS.workdir or "."):
+            print(f"wrote {path}")
 
 
 if __name__ == "__main__":

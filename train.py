@@ -27,16 +27,9 @@ def ignore_closed_event_loops(unraisable):
 
 def main(argv):
     del argv
-    import jax
+    from vgg_jax import sharding, training
 
-    from vgg_jax import training
-
-    if flags.FLAGS.coordinator or os.environ.get("SLURM_JOB_ID") or os.environ.get("TPU_NAME"):
-        if jax.config.jax_platforms in (None, "", "cpu") and flags.FLAGS.coordinator:
-            # CPU processes need a collectives backend to all-reduce gradients (tests, laptops).
-            jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(flags.FLAGS.coordinator, flags.FLAGS.num_processes,
-                                   flags.FLAGS.process_id)
+    sharding.initialize_processes(flags.FLAGS.coordinator, flags.FLAGS.num_processes, flags.FLAGS.process_id)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save at INFO
     logging.getLogger("absl").addFilter(training.without_orbax_tracebacks)

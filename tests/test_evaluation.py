@@ -80,8 +80,8 @@ def test_padded_dense_batch_equals_each_image_evaluated_alone(arch):
     for images in (landscape, portrait):
         shapes = {evaluation.padded_shape(image.shape, 32, 32) for image in images}
         assert len(shapes) == 1  # one batch of one padded shape
-        batch = evaluation.dense_batch(images, shapes.pop())
-        got = np.asarray(evaluation.dense_method(model, variables, **batch)["dense"])
+        batch = evaluation.padded_batch(images, shapes.pop())
+        got = np.asarray(evaluation.all_methods(model, variables, **batch)["dense"])
         expected = [dense_alone(model, variables, image) for image in images]
         np.testing.assert_allclose(got, expected, atol=2e-6)
 
@@ -94,15 +94,28 @@ def test_padded_dense_batch_equals_each_image_evaluated_alone(arch):
     assert not np.allclose(naive, exact, atol=1e-4)
 
 
-def test_multi_crop_is_the_5x5_grid_and_mirrors_by_numpy_slicing():
-    image = np.random.default_rng(2).standard_normal((40, 52, 3)).astype(np.float32)
-    crops = evaluation.multi_crops(image, 32)
-    assert crops.shape == (50, 32, 32, 3)
+def test_crops_and_mirrors_cut_on_the_device_are_numpy_slices_of_each_padded_image():
+    rng = np.random.default_rng(2)
+    image, narrow = rng.standard_normal((40, 52, 3)).astype(np.float32), rng.standard_normal((40, 42, 3)).astype(np.float32)
+    batch = evaluation.padded_batch([image, narrow], (40, 64))
+    centre, crops = jax.jit(evaluation.multi_crops, static_argnums=2)(batch["images"], batch["sizes"], 32)
+    assert centre.shape == (2, 1, 32, 32, 3) and crops.shape == (2, 50, 32, 32, 3)
     expected = {0: image[:32, :32], 2: image[:32, 10:42], 4: image[:32, 20:],
                 12: image[4:36, 10:42], 20: image[8:, :32], 24: image[8:, 20:]}
     for index, window in expected.items():
-        np.testing.assert_array_equal(crops[index], window)
-        np.testing.assert_array_equal(crops[25 + index], window[:, ::-1])
+        np.testing.assert_array_equal(crops[0, index], window)
+        np.testing.assert_array_equal(crops[0, 25 + index], window[:, ::-1])
+    np.testing.assert_array_equal(centre[0, 0], image[4:36, 10:42])
+    np.testing.assert_array_equal(centre[1, 0], narrow[4:36, 5:37])
+    np.testing.assert_array_equal(crops[1, 4], narrow[:32, 10:])  # the grid spans the image, not the padding
+    mirrors = np.asarray(evaluation.mirrored(batch["images"], batch["sizes"]))
+    np.testing.assert_array_equal(mirrors[1], np.pad(narrow[:, ::-1], ((0, 0), (0, 22), (0, 0))))
+    odd = rng.standard_normal((47, 60, 3)).astype(np.float32)  # offsets that round: as np.round(np.linspace)
+    _, odd_crops = evaluation.multi_crops(odd[None], np.array([[47, 60]]), 32)
+    ys, xs = np.round(np.linspace(0, 47 - 32, 5)).astype(int), np.round(np.linspace(0, 60 - 32, 5)).astype(int)
+    for k, (y, x) in enumerate((y, x) for y in ys for x in xs):
+        np.testing.assert_array_equal(odd_crops[0, k], odd[y:y + 32, x:x + 32])
+    crops = np.asarray(crops[0])
 
     model = tiny_model()
     variables = init(model)
@@ -235,12 +248,54 @@ def eval_cli(*args):
                           capture_output=True, text=True, timeout=600)
 
 
-def test_eval_cli_prints_and_writes_the_table(tmp_path, checkpoint):
-    done = eval_cli(f"--checkpoint={checkpoint}", "--scales=32,40", "--num_images=8", f"--out={tmp_path}")
+def test_eval_cli_on_an_imported_model_with_the_dataset_on_the_command_line(tmp_path, checkpoint):
+    # A model directory (no training config.json), as `vgg_jax.weights import` writes: the data
+    # come from --dataset, the default scales are 256, 384, 512 in proportion to the 32 crop.
+    done = eval_cli(f"--checkpoint={checkpoint}", "--dataset=digits", "--split=test", "--num_images=8",
+                    f"--out={tmp_path}")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "dense+multi-crop" in done.stdout and "32,40" in done.stdout
+    assert "dense+multi-crop" in done.stdout and "37,55,73" in done.stdout
+    assert "img/s" in done.stderr or "it/s" in done.stderr  # the progress bar
     results = json.load(open(tmp_path / "eval_results.json"))
+    assert results["scales"] == [37, 55, 73] and results["split"] == "test" and results["num_images"] == 8
     with open(tmp_path / "eval_results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == len(results["rows"]) == 4 * 3
+    assert len(rows) == len(results["rows"]) == 4 * 4
     assert [float(r["top1_error"]) for r in rows] == pytest.approx([r["top1_error"] for r in results["rows"]])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--checkpoint=/no/such/dir"], "error: no checkpoint directory at /no/such/dir"),
+    (["--scales=256,big"], "error: --scales=256,big: give whole numbers"),
+    (["--dataset=no_such_dataset"], "error: unknown dataset 'no_such_dataset'"),
+    ([], "error: {checkpoint} has no training config.json: give the dataset with --dataset"),
+])
+def test_eval_cli_user_errors_are_one_line(checkpoint, args, message):
+    args = args if any(a.startswith("--checkpoint") for a in args) else [f"--checkpoint={checkpoint}", *args]
+    done = subprocess.run([sys.executable, "-c", "import sys, eval; eval.app.run(eval.main, argv=sys.argv)", *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(message.format(checkpoint=checkpoint))
+
+
+def test_two_processes_evaluate_their_shards_and_gather_the_whole_table(tmp_path, checkpoint):
+    from tests.test_multiprocess import free_port
+
+    args = [f"--checkpoint={checkpoint}", "--dataset=digits", "--split=test", "--scales=32",
+            "--num_images=12", "--batch_size=2", f"--out={tmp_path}"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "1"}
+    coordinator = f"--coordinator=127.0.0.1:{free_port()}"
+    processes = [subprocess.Popen([sys.executable, os.path.join(ROOT, "eval.py"), *args, coordinator,
+                                   "--num_processes=2", f"--process_id={index}"],
+                                  cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for index in range(2)]
+    outputs = [process.communicate(timeout=600) for process in processes]
+    assert all(process.returncode == 0 for process in processes), outputs[0][1][-3000:] + outputs[1][1][-3000:]
+    assert "wrote" in outputs[0][0] and "wrote" not in outputs[1][0]  # process 0 writes the table
+    together = json.load(open(tmp_path / "eval_results.json"))
+    config = default.get_config()
+    config.data.update(scale_min=None, scale_max=None)
+    alone = evaluation.run(config, [checkpoint], [32], batch_size=4, num_images=12)
+    assert together["num_images"] == alone["num_images"] == 12
+    for a, b in zip(together["rows"], alone["rows"]):
+        assert a == pytest.approx(b)  # every image once, whichever process evaluated it

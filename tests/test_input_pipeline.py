@@ -1,17 +1,20 @@
-"""The input pipeline end to end: sources, order, restarts, sharding, padding and bad input."""
+"""The input pipeline end to end: sources, order, restarts (seeking, for tfds), sharding, padding and bad input."""
 
 import itertools
 from collections import Counter
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 from sklearn.datasets import load_digits
 
+from benchmarks import datasets
 from configs.default import get_config
 from vgg_jax import digits
 from vgg_jax import input_pipeline as ip
+from vgg_jax import preprocessing as pp
 from vgg_jax.normalization import Normalization
 
 NORM = Normalization((10.0, 20.0, 30.0), (2.0, 2.0, 2.0))
@@ -138,6 +141,9 @@ def test_impossible_scales_are_config_errors(field, overrides):
         train(data_config(**overrides), 1)
 
 
+
+
+
 def test_imagenet2012_under_mock_data():
     config = data_config(source="imagenet2012", train_split="train", eval_split="validation")
     with tfds.testing.mock_data(num_examples=8):
@@ -151,6 +157,71 @@ def test_imagenet2012_under_mock_data():
     np.testing.assert_array_equal(first[1]["image"], again[1]["image"])
     np.testing.assert_array_equal(first[1]["image"], restarted[0]["image"])
     assert [b["mask"].sum() for b in batches] == [6, 2]
+
+
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory):
+    """'synthetic_images' prepared as tfds prepares ImageNet: TFRecord shards (12 here), no cache."""
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    datasets.build_tfds(data_dir, num_train=150, num_val=12, num_classes=3, train_shards=12)
+    return data_dir
+
+
+def tfds_config(data_dir, **overrides):
+    return data_config(**{"source": datasets.NAME, "data_dir": data_dir, "eval_split": "validation", **overrides})
+
+
+def records(config, start, n, seed=0, process_index=0, process_count=1):
+    """The first n encoded images of the raw train stream from position `start`."""
+    split = ip._load_split(config, "train")
+    stream = split.train_stream(seed, start, process_index, process_count, config.shuffle_buffer,
+                                lambda position, data, label: {"data": data})
+    return [example["data"] for example in stream.take(n).as_numpy_iterator()]
+
+
+def test_tfds_sizes_come_from_metadata_and_batches_restart_exactly(tfds_dir):
+    config = tfds_config(tfds_dir)
+    info = ip.dataset_info(config)
+    assert (info.num_classes, info.num_train, info.num_eval) == (3, 150, 12)
+    uninterrupted = train(config, 25, global_batch_size=12)  # two epochs of 150
+    restarted = train(config, 2, global_batch_size=12, start_step=23)
+    for a, b in zip(uninterrupted[23:], restarted):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+    batches = list(ip.eval_batches(config, global_batch_size=8, normalization=NORM, process_index=0, process_count=1))
+    assert [b["mask"].sum() for b in batches] == [8, 4]
+
+
+@pytest.mark.parametrize("window", [1, 16, 64, 1000])
+def test_tfds_order_is_a_seekable_shuffle_of_whole_epochs(tfds_dir, window):
+    config = tfds_config(tfds_dir, shuffle_buffer=window)
+    split = ip._load_split(config, "train")
+    in_order = [e["image"] for e in split.eval_stream(0, 1, lambda data, label: {"image": data}).as_numpy_iterator()]
+    stream = records(config, 0, 3 * 150)
+    epochs = [stream[i * 150:(i + 1) * 150] for i in range(3)]
+    for epoch in epochs:
+        assert sorted(epoch) == sorted(in_order)  # each epoch: every record once
+    assert epochs[0] != in_order and epochs[0] != epochs[1] != epochs[2]  # shuffled, anew each epoch
+    shard_ends = np.cumsum(split.builder.info.splits["train"].shard_lengths)
+    shards = {int(np.searchsorted(shard_ends, in_order.index(record), side="right")) for record in epochs[0][:16]}
+    assert shards != {0, 1} and len(shards) >= (2 if window <= 16 else 4)  # files shuffled, windows mixed
+    for start in [1, 15, 16, 149, 150, 151, 307]:  # window edges, epoch edges, mid-epoch
+        assert records(config, start, 20) == stream[start:start + 20]
+
+
+def test_tfds_processes_share_every_epoch(tfds_dir):
+    config = tfds_config(tfds_dir, shuffle_buffer=16)
+    shares = [records(config, 0, 75, process_index=i, process_count=2) for i in range(2)]
+    assert sorted(shares[0] + shares[1]) == sorted(records(config, 0, 150))
+    assert records(config, 80, 10, process_index=1, process_count=2) == records(
+        config, 0, 90, process_index=1, process_count=2)[80:]
+
+
+def test_tfds_user_errors_name_the_problem(tfds_dir):
+    with pytest.raises(ValueError, match="unknown dataset 'no_such_dataset'"):
+        ip.dataset_info(data_config(source="no_such_dataset", data_dir=tfds_dir))
+    with pytest.raises(ValueError, match="no prepared split 'test'"):
+        ip.dataset_info(tfds_config(tfds_dir, eval_split="test"))
 
 
 # Folder datasets.
@@ -181,21 +252,59 @@ def folder(tmp_path):
 
 def test_folder_dataset_skips_and_counts_bad_files_and_reads_every_format(folder, caplog):
     config = data_config(source=f"folder:{folder}", train_split="train", eval_split="val", val_fraction=0.3)
-    info = ip.dataset_info(config)
+    info = ip.dataset_info(config)  # a listing: nothing is decoded yet
     assert info.class_names == ["cat", "dog"]
-    assert info.num_train + info.num_eval == 19  # 20 images, truncated.jpg and notes.txt left out
+    assert info.num_train + info.num_eval == 21 and ip.skipped_files(config, "train").count == 0
+    with caplog.at_level("WARNING"):
+        batches = train(config, 2 * info.num_train // 4 + 1, global_batch_size=4, seed=3)  # past epoch 1
+        evaluated = list(ip.eval_images(config, scale=30, normalization=Normalization((0.0, 0.0, 0.0)),
+                                        process_index=0, process_count=1))
+    assert all(batch["image"].shape == (4, 32, 32, 3) and set(batch) == {"image", "label"} for batch in batches)
     skipped = ip.skipped_files(config, "train").paths + ip.skipped_files(config, "val").paths
     assert sorted(p.rsplit("/", 1)[-1] for p in skipped) == ["notes.txt", "truncated.jpg"]
-    with caplog.at_level("WARNING"):
-        batch = train(config, 1, global_batch_size=4, seed=3)[0]
-    assert batch["image"].shape == (4, 32, 32, 3)
-    assert f"epoch 0: skipped {ip.skipped_files(config, 'train').count} unreadable" in caplog.text
-    plain = Normalization((0.0, 0.0, 0.0))
-    for image, label in ip.eval_images(config, scale=30, normalization=plain, process_index=0, process_count=1):
+    train_skipped = ip.skipped_files(config, "train").count
+    if train_skipped:
+        assert f"epoch 1: skipped {train_skipped} unreadable image files so far" in caplog.text
+    assert len(evaluated) == info.num_eval - ip.skipped_files(config, "val").count
+    for image, label in evaluated:
         color = np.array(COLORS[info.class_names[label]], float)
         grey = np.full(3, color @ [0.299, 0.587, 0.114])  # what the greyscale BMP holds
         mean = image.reshape(-1, 3).mean(0)
         assert min(np.abs(mean - color).max(), np.abs(mean - grey).max()) < 8  # CMYK, palette, ... -> RGB
+
+
+def test_unreadable_files_are_replaced_in_the_stream_and_restarts_stay_exact(folder):
+    config = data_config(source=f"folder:{folder}", val_fraction=0.0)
+    split = ip._load_split(config, "train")
+    bad = {str(folder / "cat" / "truncated.jpg"), str(folder / "dog" / "notes.txt")}
+
+    def stream(start, n):
+        examples = split.train_stream(0, start, 0, 1, 0, lambda p, data, label: {
+            "data": data, "shape": tf.shape(pp.decode(data))})
+        return [(e["data"], e["mask"], tuple(e["failed"])) for e in examples.take(n).as_numpy_iterator()]
+
+    n = split.num_examples  # 21 listed, 19 readable
+    epochs = stream(0, 3 * n)
+    assert all(mask for _, mask, _ in epochs)  # every position holds a readable image
+    readable = Counter(open(path, "rb").read() for path in split.data if path not in bad)
+    for e in range(3):  # each epoch: every readable file, plus one stand-in per unreadable one
+        seen = Counter(data for data, _, _ in epochs[e * n:(e + 1) * n])
+        assert not readable - seen and seen.total() == readable.total() + 2
+    failed = {split.path(i) for _, _, indices in epochs for i in indices if i >= 0}
+    assert failed == bad
+    for start in [1, n - 1, n + 5]:
+        assert stream(start, 10) == epochs[start:start + 10]
+
+
+def test_folder_start_up_decodes_nothing(tmp_path):
+    for name in ["a", "b"]:
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            (tmp_path / name / f"{i}.jpg").write_text("not decoded before it is read")
+    config = data_config(source=f"folder:{tmp_path}", val_fraction=0.0)
+    assert ip.dataset_info(config).num_train == 6  # the old start-up check would reject every file
+    with pytest.raises(ValueError, match="files in a row of the training order are unreadable"):
+        train(config, 1, global_batch_size=2)
 
 
 def test_folder_dataset_with_train_and_val_folders(tmp_path):

@@ -17,8 +17,11 @@ changes nothing: every conv's input is zeroed outside the image's own extent at 
 'SAME' zero padding shows a conv at an image's border; score-map windows that reach into the
 padding are left out of the spatial average.
 
-Host memory: one (images, classes) float32 array per method and scale (1.8 GB for ImageNet's
-50k validation images at three scales). Runs in one process, data-parallel over its devices.
+Only the rescaled images go to the device, in batches of one padded shape; the 50 crops and
+the mirrors are cut there, inside the jitted program. Data-parallel over processes (each
+evaluates its shard of the split on its own devices; posteriors are gathered at the end), with
+a progress bar (rate, ETA) per pass. Host memory: one (images, classes) float32 array per
+method and scale (1.8 GB for ImageNet's 50k validation images at three scales).
 """
 
 from __future__ import annotations
@@ -38,14 +41,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tqdm
+from jax.experimental import multihost_utils
 
 import vgg_jax
 from vgg_jax import checkpoints, compilation, input_pipeline, models, sharding
-from vgg_jax import preprocessing as pp
 
 log = logging.getLogger("vgg_jax.eval")
 
 METHODS = ("single-crop", "dense", "multi-crop", "dense+multi-crop")
+IMPORTED_SCALES = (256, 384, 512)  # default Q for weights without a training config (224 crop)
 GRID = 5  # multi-crop: a GRID x GRID grid of crops, each also mirrored
 POOLS = len(models.BLOCK_WIDTHS)
 
@@ -80,11 +85,15 @@ def choose_scales(data_config, crop: int, scales: Sequence[int] = ()) -> tuple[l
 
     Explicit `scales` must all fit the crop. Otherwise from the training scales (Sec. 4.2):
     fixed S gives Q in {S-32, S, S+32}; jittered [Smin, Smax] gives {Smin, (Smin+Smax)/2, Smax}.
+    Without training scales (data_config.scale_min None: imported weights), the paper's
+    multi-scale Q = 256, 384, 512 for a 224 crop, in proportion for other crops.
     """
     if scales:
         for scale in scales:
             check_scale(scale, crop)
         return list(dict.fromkeys(scales)), []
+    if data_config.get("scale_min") is None:
+        return [round(q * crop / 224) for q in IMPORTED_SCALES], []
     low, high = data_config.scale_min, data_config.scale_max
     derived = [low - 32, low, low + 32] if low == high else [low, (low + high) // 2, high]
     derived = list(dict.fromkeys(derived))
@@ -150,42 +159,61 @@ def crop_posteriors(model, variables, crops: jax.Array) -> jax.Array:
     return jax.nn.softmax(logits).reshape(n, k, -1).mean(axis=1)
 
 
+def mirrored(images: jax.Array, sizes: jax.Array) -> jax.Array:
+    """The left-right mirrors of images zero-padded at the right from widths sizes[:, 1]: each
+    mirror stays at the left, padded at the right."""
+    columns = sizes[:, 1:] - 1 - jnp.arange(images.shape[2])  # (N, W): source column, < 0 in padding
+    inside = (columns >= 0)[:, None, :, None]
+    return jnp.take_along_axis(images, jnp.maximum(columns, 0)[:, None, :, None], axis=2) * inside
+
+
+def grid_offsets(extent: jax.Array, crop: int, grid: int) -> jax.Array:
+    """(..., grid) start offsets of `grid` crops spread evenly over [0, extent - crop], rounded."""
+    return jnp.round(jnp.arange(grid) * (extent[..., None] - crop) / (grid - 1)).astype(jnp.int32)
+
+
+def multi_crops(images: jax.Array, sizes: jax.Array, crop: int) -> tuple[jax.Array, jax.Array]:
+    """(centre (N, 1, crop, crop, 3), grid (N, 2 * GRID**2, crop, crop, 3)) of padded images of
+    `sizes`, cut on the device: the centre crop, and the GRID x GRID grid, row-major, then mirrors."""
+    def cut(image, y, x):
+        return jax.lax.dynamic_slice(image, (y, x, 0), (crop, crop, image.shape[-1]))
+
+    centre = jax.vmap(cut)(images, (sizes[:, 0] - crop) // 2, (sizes[:, 1] - crop) // 2)
+    ys, xs = grid_offsets(sizes[:, 0], crop, GRID), grid_offsets(sizes[:, 1], crop, GRID)
+    ys, xs = jnp.repeat(ys, GRID, axis=1), jnp.tile(xs, (1, GRID))  # row-major
+    grid = jax.vmap(jax.vmap(cut, in_axes=(None, 0, 0)))(images, ys, xs)
+    return centre[:, None], jnp.concatenate([grid, grid[:, :, :, ::-1]], axis=1)
+
+
 @functools.partial(compilation.jit, static_argnums=0)
-def crop_methods(model, variables, centre, grid) -> dict:
+def all_methods(model, variables, images, sizes) -> dict:
+    """{'single-crop', 'dense', 'multi-crop': posteriors (N, C)} of N images zero-padded at the
+    bottom and right from `sizes` (N, 2): mirrors and crops are made here, on the device."""
+    centre, grid = multi_crops(images, sizes, model.image_size)
+    both = jnp.concatenate([images, mirrored(images, sizes)])
     return {"single-crop": crop_posteriors(model, variables, centre),
+            "dense": dense_posteriors(model, variables, both, jnp.concatenate([sizes, sizes])),
             "multi-crop": crop_posteriors(model, variables, grid)}
-
-
-@functools.partial(compilation.jit, static_argnums=0)
-def dense_method(model, variables, images, sizes) -> dict:
-    return {"dense": dense_posteriors(model, variables, images, sizes)}
 
 
 # --- the methods' inputs, on the host ---------------------------------------------------------
 
-def multi_crops(image: np.ndarray, crop: int) -> np.ndarray:
-    """(2 * GRID**2, crop, crop, 3): the grid crops, row-major, then their mirrors."""
-    crops = np.asarray(pp.grid_crops(image, crop, GRID))
-    return np.concatenate([crops, crops[:, :, ::-1]])
-
-
 def padded_shape(shape: Sequence[int], scale: int, multiple: int) -> tuple[int, int]:
-    """The dense batch an image rescaled to `scale` joins: its sides other than Q padded up to a
+    """The batch an image rescaled to `scale` joins: its sides other than Q padded up to a
     multiple of `multiple` (few distinct shapes, so few compilations)."""
     return tuple(side if side == scale else -(-side // multiple) * multiple for side in shape[:2])
 
 
-def dense_batch(images: list[np.ndarray], shape: tuple[int, int]) -> dict:
-    """The images then their mirrors, zero-padded at the bottom and right to `shape`."""
-    images = images + [image[:, ::-1] for image in images]
+def padded_batch(images: list[np.ndarray], shape: tuple[int, int]) -> dict:
+    """The images zero-padded at the bottom and right to `shape`, and their sizes."""
     padded = [np.pad(image, ((0, shape[0] - image.shape[0]), (0, shape[1] - image.shape[1]), (0, 0)))
               for image in images]
     return {"images": np.stack(padded), "sizes": np.array([image.shape[:2] for image in images], np.int32)}
 
 
-def crop_batch(images: list[np.ndarray], crop: int) -> dict:
-    return {"centre": np.stack([np.asarray(pp.central_crop(image, crop)) for image in images])[:, None],
-            "grid": np.stack([multi_crops(image, crop) for image in images])}
+def dense_batch(images: list[np.ndarray], shape: tuple[int, int]) -> dict:
+    """The images then their mirrors, zero-padded at the bottom and right to `shape`."""
+    return padded_batch(images + [image[:, ::-1] for image in images], shape)
 
 
 # --- one net at one scale ---------------------------------------------------------------------
@@ -195,35 +223,35 @@ def scale_posteriors(member: Member, images: Iterable[tuple[np.ndarray, int]], *
     """Labels (N,) and {'single-crop', 'dense', 'multi-crop': posteriors (N, C)} of one net on
     `images`: (image rescaled to `scale` and normalised for this net, label) pairs.
 
-    Crops go in batches of `batch_size` images (50 crops each); whole images wait for a full batch
-    of their padded shape. Short final batches are filled by repeating an image, so every batch of
-    a shape has the same size and compiles once.
+    Images wait for a full batch of `batch_size` of their padded shape; only the padded images
+    go to the device (crops and mirrors are cut there). Short final batches are filled by
+    repeating an image, so every batch of a shape has the same size and compiles once.
     """
     sharding.check_global_batch(batch_size, mesh)
-    model, crop = member.model, member.model.image_size
+    model = member.model
     variables = sharding.replicate(member.variables, mesh)
     results = {"single-crop": {}, "dense": {}, "multi-crop": {}}
-    pending = collections.defaultdict(list)  # "crops" or a padded shape -> [(index, image)]
+    pending = collections.defaultdict(list)  # padded shape -> [(index, image)]
 
-    def run(key):
-        indices, group = zip(*pending.pop(key))
+    def run(shape):
+        indices, group = zip(*pending.pop(shape))
         group = list(group) + [group[-1]] * (batch_size - len(group))
-        batch = crop_batch(group, crop) if key == "crops" else dense_batch(group, key)
-        outputs = (crop_methods if key == "crops" else dense_method)(model, variables, **sharding.global_batch(batch, mesh))
+        outputs = all_methods(model, variables, **sharding.global_batch(padded_batch(group, shape), mesh))
         for method, values in outputs.items():
             results[method].update(zip(indices, np.asarray(values)))
 
     labels = []
     for index, (image, label) in enumerate(images):
         labels.append(label)
-        for key in ("crops", padded_shape(image.shape, scale, pad_multiple)):
-            pending[key].append((index, image))
-            if len(pending[key]) == batch_size:
-                run(key)
-    for key in list(pending):
-        run(key)
-    return np.array(labels, np.int32), {method: np.stack([values[i] for i in range(len(labels))])
-                                        for method, values in results.items()}
+        shape = padded_shape(image.shape, scale, pad_multiple)
+        pending[shape].append((index, image))
+        if len(pending[shape]) == batch_size:
+            run(shape)
+    for shape in list(pending):
+        run(shape)
+    return np.array(labels, np.int32), {
+        method: np.array([values[i] for i in range(len(labels))], np.float32).reshape(len(labels), model.num_classes)
+        for method, values in results.items()}
 
 
 # --- the table --------------------------------------------------------------------------------
@@ -255,25 +283,48 @@ def error_table(posteriors: dict, labels: np.ndarray, scales: Sequence[int]) -> 
     return rows
 
 
+def gather_processes(labels: np.ndarray, posteriors: dict) -> tuple[np.ndarray, dict]:
+    """Every process's labels and posteriors, concatenated in process order (each process holds
+    its shard of the split; arrays are padded to the longest shard for the all-gather)."""
+    if jax.process_count() == 1:
+        return labels, posteriors
+    counts = multihost_utils.process_allgather(np.array(len(labels)))
+    longest = int(counts.max())
+    pad = lambda x: np.pad(x, [(0, longest - len(x))] + [(0, 0)] * (x.ndim - 1))  # noqa: E731
+    gathered = multihost_utils.process_allgather({"labels": pad(labels), **{
+        method: pad(values) for method, values in posteriors.items()}})
+    unpad = lambda x: np.concatenate([x[i, :n] for i, n in enumerate(counts)])  # noqa: E731
+    return unpad(gathered.pop("labels")), {method: unpad(values) for method, values in gathered.items()}
+
+
 def ensemble_posteriors(members: Sequence[Member], data_config, scales: Sequence[int], *,
                         batch_size: int = 8, num_images: int | None = None, pad_multiple: int = 32,
                         mesh=None) -> tuple[np.ndarray, dict]:
     """Labels (N,) and {(method, scale): posteriors (N, C) averaged over the members} for the
-    single-crop, dense and multi-crop methods on data_config.eval_split (its first `num_images`)."""
-    if jax.process_count() > 1:
-        raise ValueError("evaluation runs in one process (data-parallel over its devices)")
-    mesh = sharding.data_mesh() if mesh is None else mesh
+    single-crop, dense and multi-crop methods on data_config.eval_split (its first `num_images`).
+
+    Data-parallel over processes: each reads and evaluates its shard of the split on its own
+    devices (`mesh`, default: this process's), and the posteriors are gathered at the end.
+    Each pass shows a progress bar with rate and ETA (process 0).
+    """
+    index, count = jax.process_index(), jax.process_count()
+    mesh = sharding.data_mesh(jax.local_devices()) if mesh is None else mesh
     crop = max(member.model.image_size for member in members)
     for scale in scales:
         check_scale(scale, crop)
-    check_classes(members, input_pipeline.dataset_info(data_config).num_classes, data_config.source)
+    class_names, num_eval = input_pipeline.split_info(data_config)
+    check_classes(members, len(class_names), data_config.source)
+    total = num_eval if num_images is None else min(num_images, num_eval)
+    mine = len(range(index, total, count))  # the split's first `total` images are dealt round robin
     totals, labels = {}, None
     for member, scale in itertools.product(members, scales):
         start = time.time()
-        images = input_pipeline.eval_images(data_config, scale=scale, normalization=member.spec.normalization)
-        member_labels, posteriors = scale_posteriors(
-            member, itertools.islice(images, num_images), scale=scale, batch_size=batch_size,
-            mesh=mesh, pad_multiple=pad_multiple)
+        images = input_pipeline.eval_images(data_config, scale=scale, normalization=member.spec.normalization,
+                                            process_index=index, process_count=count)
+        progress = tqdm.tqdm(itertools.islice(images, mine), total=mine, unit="img", disable=index != 0,
+                             desc=f"{member.source} Q={scale}", mininterval=5, smoothing=0.1)
+        member_labels, posteriors = gather_processes(*scale_posteriors(
+            member, progress, scale=scale, batch_size=batch_size, mesh=mesh, pad_multiple=pad_multiple))
         log.info("%s at Q=%d: %d images in %.1f s", member.source, scale, len(member_labels), time.time() - start)
         if labels is None:
             labels = member_labels
@@ -285,11 +336,13 @@ def ensemble_posteriors(members: Sequence[Member], data_config, scales: Sequence
 
 def evaluate(members: Sequence[Member], data_config, scales: Sequence[int], **kwargs) -> dict:
     """The error table of the ensemble of `members` (one net: that net) on data_config.eval_split,
-    with what was evaluated and the unreadable files skipped. kwargs: `ensemble_posteriors`'."""
+    with what was evaluated and the unreadable files skipped (counted over every process; the
+    paths are this process's). kwargs: `ensemble_posteriors`'."""
     labels, posteriors = ensemble_posteriors(members, data_config, scales, **kwargs)
-    skipped = input_pipeline.skipped_files(data_config)
+    skipped = {"count": input_pipeline.skipped_count(data_config),
+               "paths": input_pipeline.skipped_files(data_config).paths}
     return {"checkpoints": [member.source for member in members], "split": data_config.eval_split,
-            "num_images": len(labels), "skipped_files": {"count": skipped.count, "paths": skipped.paths},
+            "num_images": len(labels), "skipped_files": skipped,
             "scales": list(scales), "rows": error_table(posteriors, labels, scales)}
 
 

@@ -8,9 +8,21 @@ preprocessing ops. Sources:
   any other name  a tfds image-classification dataset ('imagenet2012', 'tf_flowers', ...)
 
 Order: each process reads only its shard. The train example at stream position p of a process
-is a pure function of (config, seed, process, p): the order comes from a stateless permutation
-per epoch (digits, folders) or a seeded shuffle buffer (tfds), and augmentation draws from
-stateless RNGs keyed on (seed, process, p). A run restarted at step k starts at p = k * batch.
+is a pure function of (config, seed, process, p), and a run restarted at step k starts at
+p = k * batch in time independent of k:
+- digits and folders are read by index: epoch e = p // n is a stateless permutation of the n
+  examples keyed on (seed, e);
+- tfds (TFRecord shards) is read by seeking: epoch e reads the process's shards in an order
+  keyed on (seed, e), cut into windows of `shuffle_buffer` records, each window permuted with a
+  key on (seed, e, window). A restart opens the shard holding its window's first record, skips
+  inside it (at most one shard) and reads one window: the same work as a fresh start.
+Augmentation draws from stateless RNGs keyed on (seed, process, p).
+
+Folder files are listed at start-up (every process lists; each reads only its shard's files),
+never decoded before training: a file that cannot be decoded is found when it is read, replaced
+in the stream by the next file of the epoch's order (so positions, and hence restarts, stay
+exact), counted in `skipped_files` and reported as each epoch starts. Split sizes come from tfds
+metadata or the listing, read once: no per-step work touches the dataset's files or metadata.
 """
 
 from __future__ import annotations
@@ -20,7 +32,7 @@ import functools
 import logging
 import math
 import os
-from typing import Iterator
+from typing import Callable, Iterator
 
 import jax
 import numpy as np
@@ -34,6 +46,8 @@ from vgg_jax.normalization import Normalization
 tf.config.set_visible_devices([], "GPU")  # TF only decodes and augments; the accelerators are JAX's
 
 FOLDER_PREFIX = "folder:"
+TRAIN_ATTEMPTS = 8  # an unreadable train file is replaced by the next of up to 7 following files
+MAX_LOGGED_PATHS = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,17 +60,23 @@ class DatasetInfo:
 
 @dataclasses.dataclass
 class SkippedFiles:
-    """Files of a split that could not be decoded: left out of every epoch, counted and reported."""
+    """Files of a split found unreadable so far in this process: left out, counted and reported."""
 
-    paths: list[str] = dataclasses.field(default_factory=list)
+    found: set[str] = dataclasses.field(default_factory=set)
+
+    @property
+    def paths(self) -> list[str]:
+        return sorted(self.found)
 
     @property
     def count(self) -> int:
-        return len(self.paths)
+        return len(self.found)
 
     def report(self, when: str) -> None:
-        if self.paths:
-            logging.warning("%s: skipped %d unreadable image files: %s", when, self.count, self.paths)
+        if self.found:
+            shown = self.paths[:MAX_LOGGED_PATHS]
+            more = f" and {self.count - len(shown)} more" if self.count > len(shown) else ""
+            logging.warning("%s: skipped %d unreadable image files so far: %s%s", when, self.count, shown, more)
 
 
 def check_config(data_config) -> None:
@@ -68,10 +88,51 @@ def check_config(data_config) -> None:
         raise ValueError(f"data.crop_size ({c.crop_size}) exceeds data.scale_min ({c.scale_min})")
     if c.crop_size > c.eval_scale:
         raise ValueError(f"data.crop_size ({c.crop_size}) exceeds data.eval_scale ({c.eval_scale})")
+    if c.shuffle_buffer < 1:
+        raise ValueError(f"data.shuffle_buffer ({c.shuffle_buffer}) must be >= 1")
+
+
+def _placeholder(spec):
+    """Zeros of a dataset's element structure (unknown dimensions 0)."""
+    return tf.nest.map_structure(lambda s: tf.zeros([d or 0 for d in s.shape], s.dtype), spec)
+
+
+def _first_readable(candidates: tf.Tensor, read: Callable) -> tf.data.Dataset:
+    """One example: `read(index)` of the first of `candidates` (int64 [K]) that decodes, with
+    'failed' the indices tried before it (-1 padded) and 'mask' True; if none decodes, zeros with
+    'mask' False. Decoding errors are caught by tf.data, not raised."""
+    count = tf.size(candidates, out_type=tf.int64)
+    attempts = tf.data.Dataset.from_tensor_slices((tf.range(count), candidates))
+    readable = attempts.map(lambda n, index: (n, read(index))).ignore_errors()
+    none = tf.data.Dataset.from_tensors((count, _placeholder(readable.element_spec[1])))
+    return readable.concatenate(none).take(1).map(lambda n, example: {
+        **example, "mask": n < count,
+        "failed": tf.ensure_shape(tf.where(tf.range(count) < n, candidates, -1), candidates.shape)})
+
+
+def _in_order(indices: tf.data.Dataset, one_example: Callable) -> tf.data.Dataset:
+    """`one_example(index)` (a one-element dataset) for each index, in parallel, in order."""
+    return indices.interleave(one_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _shuffled(values: tf.Tensor, key: tf.Tensor) -> tf.Tensor:
+    """`values` [n] in the order of the stateless permutation keyed on `key` [2]."""
+    n = tf.size(values, out_type=tf.int64)
+    return tf.gather(values, tf.random.experimental.index_shuffle(tf.range(n), key, n - 1))
+
+
+def _seek(files, skips, takes, begin):
+    """The runs of records (files, skips, takes) from record `begin` of their concatenation on:
+    the run holding that record starts there, skipping the records before it (at most one shard)."""
+    ends = tf.cumsum(takes)
+    piece = tf.searchsorted(ends, begin[None], side="right")[0]
+    inside = begin - (ends[piece] - takes[piece])
+    return (files[piece:], tf.tensor_scatter_nd_add(skips, [[piece]], [inside])[piece:],
+            tf.tensor_scatter_nd_sub(takes, [[piece]], [inside])[piece:])
 
 
 # Splits. An indexed split holds its examples as strings (encoded bytes or file paths) and is
-# read by index; a tfds split is a stream.
+# read by index; a tfds split is read by seeking in its TFRecord shards.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,12 +147,17 @@ class _IndexedSplit:
     def num_examples(self) -> int:
         return len(self.labels)
 
+    def path(self, index: int) -> str:
+        return str(self.data[index])
+
     def _read(self, index):
         image = tf.constant(self.data)[index]
         return tf.io.read_file(image) if self.from_files else image, tf.constant(self.labels)[index]
 
-    def train_stream(self, seed, start, process_index, process_count, shuffle_buffer):
-        del shuffle_buffer  # a full permutation per epoch, by index
+    def train_stream(self, seed, start, process_index, process_count, window, preprocess):
+        """{'image', 'label'} from position `start` on, with 'mask' and 'failed' for files; `window`
+        is unused (a full permutation per epoch). An unreadable file is replaced by the next one."""
+        del window
         shard = tf.constant(np.arange(self.num_examples)[process_index::process_count])
         size = tf.size(shard, out_type=tf.int64)
 
@@ -100,12 +166,19 @@ class _IndexedSplit:
                 position % size, tf.stack([tf.cast(seed, tf.int64), position // size]), size - 1)
             return shard[permuted]
 
-        positions = tf.data.Dataset.range(start, np.iinfo(np.int64).max)
-        return positions.map(lambda p: (p, *self._read(shard_index(p))), num_parallel_calls=tf.data.AUTOTUNE)
+        def example(position):
+            candidates = tf.stack([shard_index(position + k) for k in range(TRAIN_ATTEMPTS)])
+            return _first_readable(candidates, lambda index: preprocess(position, *self._read(index)))
 
-    def eval_stream(self, process_index, process_count):
+        positions = tf.data.Dataset.range(start, np.iinfo(np.int64).max)
+        if not self.from_files:  # images encoded in memory (digits, mock tfds) always decode: 2x faster
+            return positions.map(lambda p: preprocess(p, *self._read(shard_index(p))), num_parallel_calls=tf.data.AUTOTUNE)
+        return _in_order(positions, example)
+
+    def eval_stream(self, process_index, process_count, preprocess):
+        """{'image', 'label', 'mask', 'failed'} of this process's shard; unreadable files: mask False."""
         indices = tf.data.Dataset.range(self.num_examples).shard(process_count, process_index)
-        return indices.map(self._read, num_parallel_calls=tf.data.AUTOTUNE)
+        return _in_order(indices, lambda i: _first_readable(i[None], lambda j: preprocess(*self._read(j))))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,25 +191,57 @@ class _TfdsSplit:
     def class_names(self) -> list[str]:
         return list(self.builder.info.features["label"].names)
 
-    @property
+    @functools.cached_property
     def num_examples(self) -> int:
-        return int(self._examples(self.split).cardinality())
+        return self.builder.info.splits[self.split].num_examples  # metadata: no file is opened
 
-    def _examples(self, split) -> tf.data.Dataset:
-        ds = self.builder.as_dataset(
-            split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()})
-        return ds.map(lambda ex: (ex["image"], tf.cast(ex["label"], tf.int32)))
+    def _pieces(self, process_index, process_count) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(files, skips, takes): this process's records, as runs of records of the split's shards."""
+        split = tfds.even_splits(self.split, n=process_count, drop_remainder=False)[process_index]
+        pieces = [piece for piece in self.builder.info.splits[split].file_instructions if piece.take]
+        return (np.array([os.fspath(piece.filename) for piece in pieces]),
+                np.array([piece.skip for piece in pieces], np.int64), np.array([piece.take for piece in pieces], np.int64))
 
-    def _shard(self, process_index, process_count):
-        return tfds.even_splits(self.split, n=process_count, drop_remainder=False)[process_index]
+    def _parse(self, record):
+        example = self.builder.info.features.deserialize_example(
+            record, decoders={"image": tfds.decode.SkipDecoding()})
+        return example["image"], tf.cast(example["label"], tf.int32)
 
-    def train_stream(self, seed, start, process_index, process_count, shuffle_buffer):
-        examples = self._examples(self._shard(process_index, process_count))
-        examples = examples.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
-        return examples.enumerate().skip(start).map(lambda p, ex: (p, *ex))  # skips undecoded records
+    @staticmethod
+    def _records(files, skips, takes) -> tf.data.Dataset:
+        pieces = tf.data.Dataset.from_tensor_slices((files, skips, takes))
+        return pieces.flat_map(lambda f, skip, take: tf.data.TFRecordDataset(f, buffer_size=1 << 22).skip(skip).take(take))
 
-    def eval_stream(self, process_index, process_count):
-        return self._examples(self._shard(process_index, process_count))
+    def train_stream(self, seed, start, process_index, process_count, window, preprocess):
+        """{'image', 'label'} from position `start` on, seeking to it (see the module's docstring)."""
+        files, skips, takes = self._pieces(process_index, process_count)
+        epoch_size = int(takes.sum())
+        window = max(1, min(window, epoch_size))
+        first_epoch, offset = divmod(start, epoch_size)
+        first_window, in_window = divmod(offset, window)
+
+        def epoch_records(epoch):
+            """The epoch's records from the start of its window `first_window` (first epoch) or 0:
+            shards in an order keyed on (seed, epoch), each window shuffled with a key of its own."""
+            key = tf.stack([tf.constant(seed, tf.int64), epoch])
+            order = _shuffled(tf.range(len(files), dtype=tf.int64), key)
+            begin_window = tf.where(epoch == first_epoch, tf.constant(first_window, tf.int64), 0)
+            pieces = _seek(tf.gather(files, order), tf.gather(skips, order), tf.gather(takes, order),
+                           begin_window * window)
+            windows = self._records(*pieces).batch(window).enumerate(begin_window)
+            shuffled = windows.map(lambda w, records: _shuffled(records, tf.random.experimental.stateless_fold_in(key, w)))
+            return shuffled.prefetch(1).unbatch()  # the next window is read ahead
+
+        records = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch_records).skip(in_window)
+        positions = tf.data.Dataset.range(start, np.iinfo(np.int64).max)
+        return tf.data.Dataset.zip(positions, records).map(
+            lambda p, record: preprocess(p, *self._parse(record)), num_parallel_calls=tf.data.AUTOTUNE)
+
+    def eval_stream(self, process_index, process_count, preprocess):
+        """{'image', 'label', 'mask'} of this process's shard, in the split's order."""
+        records = self._records(*self._pieces(process_index, process_count))
+        return records.map(lambda record: {**preprocess(*self._parse(record)), "mask": True},
+                           num_parallel_calls=tf.data.AUTOTUNE)
 
 
 @functools.lru_cache(maxsize=None)
@@ -161,35 +266,24 @@ def _class_files(root: str, class_names: list[str] | None = None) -> tuple[list[
     return class_names, files
 
 
-def _readable(paths: list[str]) -> np.ndarray:
-    """Which files TF can decode: one parallel decode of each, errors dropping the file."""
-    paths_ds = tf.data.Dataset.from_tensor_slices(paths).enumerate()
-    decoded = paths_ds.map(lambda i, path: (i, tf.shape(pp.decode(tf.io.read_file(path)))),
-                           num_parallel_calls=tf.data.AUTOTUNE)
-    ok = np.zeros(len(paths), bool)
-    ok[[i for i, _ in decoded.ignore_errors().as_numpy_iterator()]] = True
-    return ok
-
-
-def _folder_split(root: str, files: dict[str, list[str]], class_names: list[str]) -> _IndexedSplit:
+def _folder_split(files: dict[str, list[str]], class_names: list[str]) -> _IndexedSplit:
+    """The listed files and their labels; nothing is opened (unreadable files are found as read)."""
     paths = [path for name in class_names for path in files[name]]
     labels = np.array([label for label, name in enumerate(class_names) for _ in files[name]], np.int32)
-    ok = _readable(paths)
-    skipped = SkippedFiles([path for path, good in zip(paths, ok) if not good])
-    for label, name in enumerate(class_names):
-        if not ok[labels == label].any():
-            raise ValueError(f"class folder {os.path.join(root, name)} has no readable images")
-    return _IndexedSplit(np.array(paths, dtype=object)[ok], labels[ok], class_names, True, skipped)
+    return _IndexedSplit(np.array(paths, dtype=object), labels, class_names, True)
 
 
 @functools.lru_cache(maxsize=None)
 def _load_folder_split(root: str, split: str, train_split: str, val_fraction: float) -> _IndexedSplit:
+    if not os.path.isdir(root):
+        raise ValueError(f"folder dataset {root} does not exist: give data.source='folder:PATH' with "
+                         "PATH holding one sub-folder per class (or train/ and val/ holding them)")
     if os.path.isdir(os.path.join(root, train_split)):  # PATH/train, PATH/val, ... hold the classes
         class_names, _ = _class_files(os.path.join(root, train_split))
         if not os.path.isdir(os.path.join(root, split)):
             raise ValueError(f"folder dataset {root} has no {split}/ sub-folder")
         _, files = _class_files(os.path.join(root, split), class_names)
-        return _folder_split(root, files, class_names)
+        return _folder_split(files, class_names)
     class_names, files = _class_files(root)
     held_out = {}
     for name in class_names:  # a per-class fraction, the same for every run
@@ -198,7 +292,7 @@ def _load_folder_split(root: str, split: str, train_split: str, val_fraction: fl
         held_out[name] = set(order[:num_held_out])
     is_train = split == train_split
     files = {name: [f for i, f in enumerate(files[name]) if (i in held_out[name]) != is_train] for name in class_names}
-    return _folder_split(root, files, class_names)
+    return _folder_split(files, class_names)
 
 
 def _load_split(data_config, split: str):
@@ -208,7 +302,35 @@ def _load_split(data_config, split: str):
     if source.startswith(FOLDER_PREFIX):
         root = os.path.expanduser(source[len(FOLDER_PREFIX):])
         return _load_folder_split(root, split, data_config.train_split, data_config.val_fraction)
-    return _TfdsSplit(tfds.builder(source, data_dir=data_config.data_dir), split)
+    return _tfds_split(source, data_config.data_dir, split)
+
+
+@functools.lru_cache(maxsize=None)
+def _tfds_split(name: str, data_dir: str | None, split: str) -> _TfdsSplit:
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError as error:
+        raise ValueError(f"unknown dataset {name!r}: give a tfds name, 'digits' or 'folder:PATH' "
+                         f"as data.source ({str(error).splitlines()[0]})") from None
+    try:
+        builder.info.splits[split]
+    except (KeyError, ValueError):
+        return _in_memory_tfds_split(builder, split)
+    return _TfdsSplit(builder, split)
+
+
+def _in_memory_tfds_split(builder: tfds.core.DatasetBuilder, split: str) -> _IndexedSplit:
+    """A split without files, read by tfds into memory: what `tfds.testing.mock_data` provides."""
+    try:
+        examples = builder.as_dataset(split=split, shuffle_files=False,
+                                      decoders={"image": tfds.decode.SkipDecoding()}).as_numpy_iterator()
+        images, labels = zip(*((example["image"], example["label"]) for example in examples))
+    except (AssertionError, KeyError, ValueError):
+        raise ValueError(f"tfds dataset {builder.name} has no prepared split {split!r} under {builder.data_dir} "
+                         f"(prepared: {sorted(builder.info.splits)}): prepare it with `tfds build {builder.name} "
+                         f"--data_dir=...` or fix data.train_split/eval_split") from None
+    class_names = list(builder.info.features["label"].names)
+    return _IndexedSplit(np.array(images, dtype=object), np.array(labels, np.int32), class_names, from_files=False)
 
 
 # The public interface.
@@ -220,9 +342,27 @@ def dataset_info(data_config) -> DatasetInfo:
     return DatasetInfo(len(train.class_names), train.class_names, train.num_examples, num_eval)
 
 
+def split_info(data_config, split: str | None = None) -> tuple[list[str], int]:
+    """(class names, number of examples) of one split (default: the eval split), from metadata
+    or a listing; for evaluating a split alone (e.g. only ImageNet's validation is prepared)."""
+    source = _load_split(data_config, split or data_config.eval_split)
+    return source.class_names, source.num_examples
+
+
 def skipped_files(data_config, split: str | None = None) -> SkippedFiles:
-    """The unreadable files left out of a split (default: the eval split)."""
+    """The files of a split (default: the eval split) found unreadable so far by this process's
+    streams; the count grows as the files are read. Other processes count their own shards."""
     return _load_split(data_config, split or data_config.eval_split).skipped
+
+
+def skipped_count(data_config, split: str | None = None) -> int:
+    """skipped_files(...).count summed over every process (a collective: all must call it)."""
+    count = skipped_files(data_config, split).count
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        count = int(multihost_utils.process_allgather(np.array(count)).sum())
+    return count
 
 
 def _processes(process_index, process_count) -> tuple[int, int]:
@@ -261,21 +401,34 @@ def train_batches(data_config, *, global_batch_size: int, normalization: Normali
     process_index, process_count = _processes(process_index, process_count)
     local_batch = _local_batch(global_batch_size, process_count)
     split = _load_split(data_config, data_config.train_split)
-    stream = split.train_stream(seed, start_step * local_batch, process_index, process_count,
-                                data_config.shuffle_buffer)
     preprocess = functools.partial(preprocess_train, data_config=data_config, normalization=normalization,
                                    key=tf.constant([seed, process_index], tf.int64))
-    batches = (stream.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
-               .batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
-    return _report_epochs(batches, split, start_step, global_batch_size)
+    stream = split.train_stream(seed, start_step * local_batch, process_index, process_count,
+                                data_config.shuffle_buffer, preprocess)
+    batches = stream.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return _report_epochs(batches.as_numpy_iterator(), split, start_step, global_batch_size)
 
 
-def _report_epochs(batches: tf.data.Dataset, split, start_step: int, global_batch_size: int) -> Iterator[dict]:
-    """The batches as numpy, reporting the split's skipped files as each epoch starts."""
+def _record_failures(batch: dict, split) -> dict:
+    """The batch without its 'failed' indices, which go to the split's skipped files."""
+    failed = batch.pop("failed", None)
+    if failed is not None and (failed >= 0).any():
+        split.skipped.found.update(split.path(index) for index in np.unique(failed[failed >= 0]))
+    return batch
+
+
+def _report_epochs(batches: Iterator[dict], split, start_step: int, global_batch_size: int) -> Iterator[dict]:
+    """The train batches, reporting the split's skipped files as each epoch starts. The epoch
+    comes from the split's size, read once: no per-step work touches the dataset's metadata."""
+    num_examples = split.num_examples
     epoch = -1
-    for step, batch in enumerate(batches.as_numpy_iterator(), start_step):
-        if step * global_batch_size // split.num_examples > epoch:
-            epoch = step * global_batch_size // split.num_examples
+    for step, batch in enumerate(batches, start_step):
+        batch = _record_failures(batch, split)
+        if not batch.pop("mask", np.True_).all():
+            raise ValueError(f"{TRAIN_ATTEMPTS} files in a row of the training order are unreadable "
+                             f"(e.g. {split.skipped.paths[:3]}): check the dataset's files")
+        if step * global_batch_size // num_examples > epoch:
+            epoch = step * global_batch_size // num_examples
             split.skipped.report(f"epoch {epoch}")
         yield batch
 
@@ -283,39 +436,46 @@ def _report_epochs(batches: tf.data.Dataset, split, start_step: int, global_batc
 def eval_batches(data_config, *, split: str | None = None, global_batch_size: int,
                  normalization: Normalization, process_index=None, process_count=None) -> Iterator[dict]:
     """The whole split once across processes: rescaled to eval_scale, centre crop. Every process
-    gets the same number of batches; 'mask' is False on the padding that fills the last ones."""
+    gets the same number of batches; 'mask' is False on the padding that fills the last ones and
+    on unreadable files (counted in `skipped_files`)."""
     check_config(data_config)
     process_index, process_count = _processes(process_index, process_count)
     local_batch = _local_batch(global_batch_size, process_count)
     split = split or data_config.eval_split
     source = _load_split(data_config, split)
-    source.skipped.report(f"evaluation of {split}")
     num_batches = math.ceil(math.ceil(source.num_examples / process_count) / local_batch)
     crop = data_config.crop_size
 
     def preprocess(data, label):
         image = pp.decode_crop(data, data_config.eval_scale, crop, (0.5, 0.5))
-        return {"image": pp.normalize(image, normalization), "label": label, "mask": True}
+        return {"image": pp.normalize(image, normalization), "label": label}
 
-    padding = tf.data.Dataset.from_tensors(
-        {"image": tf.zeros([crop, crop, 3]), "label": 0, "mask": False}).repeat()
-    examples = source.eval_stream(process_index, process_count).map(preprocess, tf.data.AUTOTUNE)
-    batches = examples.concatenate(padding).take(num_batches * local_batch).batch(local_batch)
-    return batches.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+    examples = source.eval_stream(process_index, process_count, preprocess)
+    padding = {**_placeholder(examples.element_spec), "mask": False}
+    if "failed" in padding:
+        padding["failed"] = -tf.ones_like(padding["failed"])
+    padded = examples.concatenate(tf.data.Dataset.from_tensors(padding).repeat())
+    batches = padded.take(num_batches * local_batch).batch(local_batch).prefetch(tf.data.AUTOTUNE)
+    for batch in batches.as_numpy_iterator():
+        yield _record_failures(batch, source)
+    source.skipped.report(f"evaluation of {split}")
 
 
 def eval_images(data_config, *, split: str | None = None, scale: int, normalization: Normalization,
                 process_index=None, process_count=None) -> Iterator[tuple[np.ndarray, int]]:
-    """(float32 [H, W, 3] with min(H, W) == scale, label) for each image of this process's shard,
-    whole, for dense and multi-crop evaluation. `skipped_files` tells which files were left out."""
+    """(float32 [H, W, 3] with min(H, W) == scale, label) for each readable image of this
+    process's shard, whole, for dense and multi-crop evaluation; `skipped_files` counts the others."""
     process_index, process_count = _processes(process_index, process_count)
     split = split or data_config.eval_split
     source = _load_split(data_config, split)
-    source.skipped.report(f"evaluation of {split}")
 
     def preprocess(data, label):
-        return pp.normalize(pp.rescale_smallest_side(pp.decode(data), scale), normalization), label
+        image = pp.normalize(pp.rescale_smallest_side(pp.decode(data), scale), normalization)
+        return {"image": image, "label": label}
 
-    images = source.eval_stream(process_index, process_count).map(preprocess, tf.data.AUTOTUNE)
-    for image, label in images.prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
-        yield image, int(label)
+    images = source.eval_stream(process_index, process_count, preprocess).prefetch(tf.data.AUTOTUNE)
+    for example in images.as_numpy_iterator():
+        example = _record_failures(example, source)
+        if example["mask"]:
+            yield example["image"], int(example["label"])
+    source.skipped.report(f"evaluation of {split}")

@@ -85,20 +85,6 @@ def random_crop(image: tf.Tensor, crop: int, seed) -> tf.Tensor:
     return tf.image.stateless_random_crop(image, [crop, crop, 3], seed)
 
 
-def central_crop(image: tf.Tensor, crop: int) -> tf.Tensor:
-    shape = tf.shape(image)
-    y, x = (shape[0] - crop) // 2, (shape[1] - crop) // 2
-    return image[y:y + crop, x:x + crop]
-
-
-def grid_crops(image: tf.Tensor, crop: int, grid: int = 5) -> tf.Tensor:
-    """[grid * grid, crop, crop, 3]: the regular grid of crops of multi-crop evaluation, row-major."""
-    shape = tf.shape(image)
-    ys = tf.cast(tf.round(tf.linspace(0.0, tf.cast(shape[0] - crop, tf.float32), grid)), tf.int32)
-    xs = tf.cast(tf.round(tf.linspace(0.0, tf.cast(shape[1] - crop, tf.float32), grid)), tf.int32)
-    return tf.stack([image[ys[i]:ys[i] + crop, xs[j]:xs[j] + crop] for i in range(grid) for j in range(grid)])
-
-
 def random_flip(image: tf.Tensor, seed) -> tf.Tensor:
     """The image or its left-right mirror, with probability 1/2 each."""
     return tf.image.stateless_random_flip_left_right(image, seed)

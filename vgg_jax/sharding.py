@@ -6,11 +6,23 @@ The same code runs on one CPU, one GPU, or every device of a multi-host TPU/GPU 
 
 from __future__ import annotations
 
+import os
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
+
+
+def initialize_processes(coordinator: str | None, num_processes: int | None, process_id: int | None) -> None:
+    """`jax.distributed.initialize` for a multi-process job: explicit (--coordinator) or found by
+    jax itself on TPU pods and SLURM; nothing for a single process."""
+    if coordinator or os.environ.get("SLURM_JOB_ID") or os.environ.get("TPU_NAME"):
+        if jax.config.jax_platforms in (None, "", "cpu") and coordinator:
+            # CPU processes need a collectives backend for cross-process arrays (tests, laptops).
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator, num_processes, process_id)
 
 
 def data_mesh(devices=None) -> Mesh:

@@ -537,7 +537,10 @@ def finish(run: Run, state: TrainState, progress: Progress, outcome: dict) -> di
                **progress.last_eval, "val_step": progress.last_eval.get("step"),
                "best_step": best_step, "best_val_top1": metrics.get(checkpoints.BEST_METRIC),
                "learning_rate": current_learning_rate(state), "lr_drops": progress.lr_drops,
-               "stopped": progress.stopped, "interrupted": outcome["signal"]}
+               "stopped": progress.stopped, "interrupted": outcome["signal"],
+               # unreadable files this run's streams skipped (those of earlier runs are in their logs)
+               "skipped_files": {split: input_pipeline.skipped_count(run.config.data, split)
+                                 for split in (run.config.data.train_split, run.config.data.eval_split)}}
     if jax.process_index() == 0:
         with open(os.path.join(run.workdir, "results.json"), "w") as f:
             json.dump(results, f, indent=2)
