@@ -15,16 +15,10 @@ import numpy as np
 import pytest
 
 from configs import default
+from test_training import quick_config
 from vgg_jax import checkpoints, compilation, configuration, training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def quick_config(**train):
-    config = default.get_config()
-    config.model.width = 0.125
-    config.train.update(dict(batch_size=32, eval_batch_size=128, log_every=10, **train))
-    return config
 
 
 def scripted_validation(monkeypatch, accuracies):
