@@ -41,6 +41,26 @@ def compiler_options(backend: str) -> dict:
 
 def jit(fun, **kwargs):
     """`jax.jit(fun, **kwargs)` with COMPILER_OPTIONS added to any `compiler_options` given,
-    when compiling for CPU."""
-    options = compiler_options(jax.default_backend()) | kwargs.pop("compiler_options", {})
-    return jax.jit(fun, compiler_options=options, **kwargs)
+    when compiling for CPU. The backend is looked up at the first call (or `.lower`), not here:
+    a module-level `@vgg_jax.jit` must not start the backend before `jax.distributed.initialize`."""
+    return LazyJit(fun, kwargs)
+
+
+class LazyJit:
+    """Builds the jax.jit of `fun` on first use; otherwise behaves as that jitted function."""
+
+    def __init__(self, fun, kwargs: dict):
+        self.fun, self.kwargs = fun, kwargs
+        functools.update_wrapper(self, fun)
+
+    @functools.cached_property
+    def jitted(self):
+        kwargs = dict(self.kwargs)
+        options = compiler_options(jax.default_backend()) | kwargs.pop("compiler_options", {})
+        return jax.jit(self.fun, compiler_options=options, **kwargs)
+
+    def __call__(self, *args, **kwargs):
+        return self.jitted(*args, **kwargs)
+
+    def __getattr__(self, name):  # lower, trace, eval_shape, ...
+        return getattr(self.jitted, name)
