@@ -104,6 +104,7 @@ def test_cli_top5_and_heatmaps_of_the_images_size(checkpoint, photos, tmp_path):
     done = predict_cli("--checkpoint", checkpoint, "--heatmap", str(tmp_path / "map.png"), *images)
     assert done.returncode == 1  # one image could not be read; the others were predicted
     assert f"cannot read image {broken}" in done.stderr
+    assert f"model: {checkpoint} (step 0)" in done.stderr  # says which step it uses
     lines = done.stdout.splitlines()
     for name in ("china", "flower", "gray", "rgba"):
         at = lines.index(photos[name])

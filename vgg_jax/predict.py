@@ -19,6 +19,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
+import tqdm  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from vgg_jax import checkpoints, compilation, evaluation, weights  # noqa: E402
@@ -27,6 +28,8 @@ from vgg_jax.class_names import IMAGENET_CLASSES, imagenet_class_names  # noqa: 
 
 _dense_score_maps = compilation.jit(evaluation.dense_score_maps, static_argnums=0)
 
+
+PROGRESS_FROM = 8  # images: fewer print their results before a bar would help
 
 def class_names(spec: checkpoints.ModelSpec, num_classes: int) -> list[str]:
     """The checkpoint's names, except that ImageNet nets (1000 classes) without names or with
@@ -84,7 +87,9 @@ def main(argv=None) -> int:
     parser.add_argument("images", nargs="+")
     args = parser.parse_args(argv)
     try:
-        model, variables, spec = checkpoints.load_model(weights.resolve(args.checkpoint))
+        member = evaluation.load_member(weights.resolve(args.checkpoint))  # its best step
+        model, variables, spec = member.model, member.variables, member.spec
+        print(f"model: {member.source}", file=sys.stderr)
         scale = args.scale or model.image_size
         evaluation.check_scale(scale, model.image_size)
     except (checkpoints.CheckpointError, ValueError) as error:  # WeightsError is a ValueError
@@ -92,7 +97,8 @@ def main(argv=None) -> int:
         return 1
     names = class_names(spec, model.num_classes)
     failed = 0
-    for image_path in args.images:
+    # Progress with rate and ETA on stderr when there are many files; results go to stdout.
+    for image_path in tqdm.tqdm(args.images, unit="img", disable=len(args.images) < PROGRESS_FROM, file=sys.stderr):
         try:
             image = pp.load_image_file(image_path)
         except ValueError as error:  # reported, and the other images still predicted
