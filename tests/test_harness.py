@@ -176,6 +176,32 @@ def test_a_full_disk_stops_with_one_line_and_the_previous_checkpoint_stays(tiny_
     assert not os.path.exists(os.path.join(workdir, "results.json"))
 
 
+@pytest.fixture
+def read_only_view(tmp_path):
+    """A read-only bind mount of tmp_path/rw at tmp_path/ro, where mounting is allowed."""
+    (tmp_path / "rw").mkdir()
+    (tmp_path / "ro").mkdir()
+    mounted = subprocess.run(f"mount --bind {tmp_path / 'rw'} {tmp_path / 'ro'} && "
+                             f"mount -o remount,ro,bind {tmp_path / 'ro'}", shell=True, capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot bind-mount read-only here: {mounted.stderr.decode().strip()}")
+    yield tmp_path / "rw", tmp_path / "ro"
+    subprocess.run(["umount", "-l", str(tmp_path / "ro")], check=True)
+
+
+def test_a_read_only_workdir_stops_with_an_os_error_naming_the_file(read_only_view):
+    writable, read_only = read_only_view
+    config = quick_config(num_steps=4, eval_every_epochs=100)
+    training.train_and_evaluate(config, str(writable / "run"))
+    os.remove(writable / "run" / "results.json")
+    config.train.num_steps = 8
+    with pytest.raises(OSError) as raised:
+        training.train_and_evaluate(config, str(read_only / "run"))
+    assert raised.value.errno == errno.EROFS and str(read_only / "run") in str(raised.value)
+    assert isinstance(raised.value, training.USER_ERRORS)  # train.py prints it as one error line
+    assert checkpoints.load_variables(read_only / "run")[2] == 4
+
+
 # --- config validation -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("section, field, value, expected", [

@@ -38,9 +38,10 @@ class NonFiniteLoss(RuntimeError):
 
 
 # What a user can fix (config values, workdirs, disks, a diverging rate): the CLIs print these
-# as one `error:` line; anything else is a bug and keeps its traceback.
+# as one `error:` line; anything else is a bug and keeps its traceback. An OSError always names
+# a file and what the system refused (a read-only workdir, a full disk for config.json).
 USER_ERRORS = (configuration.ConfigError, checkpoints.CheckpointError, checkpoints.CheckpointSaveError,
-               weights.WeightsError, NonFiniteLoss)
+               weights.WeightsError, NonFiniteLoss, OSError)
 
 
 @flax.struct.dataclass
