@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import statistics
 import time
 
@@ -30,6 +31,27 @@ from vgg_jax.models import BLOCK_WIDTHS, FC_WIDTH, LAYOUTS
 
 DENSE_SIZE = 384  # the paper's smallest test scale Q for dense evaluation
 MATMUL_SIZE = 4096
+# /proc/cpuinfo flags the ratios depend on (torch's oneDNN uses AVX-512, bf16 and AMX; XLA:CPU less so).
+VECTOR_FLAGS = {"avx2": "AVX2", "avx512f": "AVX-512F", "avx512_bf16": "AVX512_BF16", "amx_tile": "AMX"}
+
+
+def cpu_description(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """'<model name>, <n> CPUs; AVX2 yes, AVX-512F yes, AVX512_BF16 no, AMX no' (Linux; the model
+    alone elsewhere)."""
+    model, flags = platform.processor() or platform.machine(), None
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags" and flags is None:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    extensions = "" if flags is None else "; " + ", ".join(
+        f"{name} {'yes' if flag in flags else 'no'}" for flag, name in VECTOR_FLAGS.items())
+    return f"{model}, {os.cpu_count()} CPUs{extensions}"
 
 
 def time_call(fn) -> float:
@@ -151,7 +173,8 @@ def main() -> None:
         runs = [("vgg16", jnp.float32)]
     else:
         runs = [(arch, jnp.float32) for arch in ARCHS] + [("vgg16", jnp.bfloat16)]
-    print(f"jax {jax.__version__}, torch {torch.__version__}, {os.cpu_count()} CPUs, "
+    print(f"CPU: {cpu_description()}; load average at start {os.getloadavg()[0]:.2f}")
+    print(f"jax {jax.__version__}, jaxlib {jax.lib.__version__}, torch {torch.__version__}, "
           f"batch {batch}, 224x224, median of {rounds} interleaved round(s); peak: the faster float32 "
           f"{MATMUL_SIZE}^2 matmul of jax and torch, timed in the same rounds; "
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}\n")
