@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +22,7 @@ import numpy as np
 import torch
 
 import vgg_jax
-from benchmarks.workloads import ARCHS, forward_flops, jax_functions
+from benchmarks.workloads import ARCHS, forward_flops, interleaved_medians, jax_functions
 from configs import default as default_config
 from vgg_jax import evaluation
 from vgg_jax.models import BLOCK_WIDTHS, FC_WIDTH, LAYOUTS
@@ -52,23 +50,6 @@ def cpu_description(cpuinfo: str = "/proc/cpuinfo") -> str:
     extensions = "" if flags is None else "; " + ", ".join(
         f"{name} {'yes' if flag in flags else 'no'}" for flag, name in VECTOR_FLAGS.items())
     return f"{model}, {os.cpu_count()} CPUs{extensions}"
-
-
-def time_call(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def interleaved_medians(fns: dict, rounds: int) -> dict[str, float]:
-    """Median seconds per call of each function; in each round every function is called twice
-    in a row and the second call is timed."""
-    times = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            fn()
-            times[name].append(time_call(fn))
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def matmuls() -> dict:

@@ -92,6 +92,40 @@ def initializers(scheme: str) -> tuple[dict[str, Any], dict[str, Any]]:
     raise ValueError(f"unknown init_scheme {scheme!r}; choose one of {INITS}")
 
 
+class ConvBlock(nn.Module):
+    """One block of VGG's conv stack: its convs (each with BN if batch_norm, then ReLU; LRN after
+    conv1_1 if lrn), then the 2x2 max-pool. Its layers are named conv{block}_{i}, bn{block}_{i}."""
+
+    block: int
+    kernels: tuple[int, ...]
+    features: int
+    batch_norm: bool
+    lrn: bool
+    use_running_average: bool
+    init_scheme: str
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        conv_init, _ = initializers(self.init_scheme)
+        for index, kernel in enumerate(self.kernels, start=1):
+            name = f"{self.block}_{index}"
+            x = nn.Conv(self.features, (kernel, kernel), padding="SAME", dtype=self.dtype,
+                        name=f"conv{name}", **conv_init)(x)
+            self.sow("intermediates", f"preact{name}", x)
+            if self.batch_norm:  # torchvision's order: conv -> BN -> ReLU
+                x = nn.BatchNorm(use_running_average=self.use_running_average, momentum=0.9,
+                                 epsilon=1e-5, dtype=self.dtype, name=f"bn{name}")(x)
+            x = nn.relu(x)
+            self.sow("intermediates", f"relu{name}", x)
+            if self.lrn and name == "1_1":
+                x = local_response_norm(x)
+                self.sow("intermediates", "norm1", x)
+        x = max_pool_2x2(x)
+        self.sow("intermediates", f"pool{self.block}", x)
+        return x
+
+
 class VGG(nn.Module):
     """A VGG network. `__call__(images, train=False, dense=False)` on NHWC images.
 
@@ -119,6 +153,7 @@ class VGG(nn.Module):
     include_top: bool = True
     init_scheme: str = "paper"
     dtype: Any = jnp.float32  # compute dtype; parameters stay float32
+    remat: bool = False  # recompute each conv block's activations in the backward pass (less memory)
 
     def __post_init__(self):
         if self.layout not in LAYOUTS:
@@ -162,24 +197,15 @@ class VGG(nn.Module):
     def __call__(self, images: jax.Array, train: bool = False, dense: bool = False,
                  frozen_backbone: bool = False) -> jax.Array:
         self.check_input(images, dense)
-        conv_init, dense_init = initializers(self.init_scheme)
+        # nn.remat recomputes a block's activations in the backward pass instead of keeping them;
+        # share_scope keeps the block's layers directly under VGG (conv1_1, not ConvBlock_0/conv1_1).
+        block_class = nn.remat(ConvBlock) if self.remat else ConvBlock
         x = images.astype(self.dtype)
         for block, kernels in enumerate(LAYOUTS[self.layout], start=1):
-            for index, kernel in enumerate(kernels, start=1):
-                name = f"{block}_{index}"
-                x = nn.Conv(self.scaled(BLOCK_WIDTHS[block - 1]), (kernel, kernel), padding="SAME",
-                            dtype=self.dtype, name=f"conv{name}", **conv_init)(x)
-                self.sow("intermediates", f"preact{name}", x)
-                if self.batch_norm:  # torchvision's order: conv -> BN -> ReLU
-                    x = nn.BatchNorm(use_running_average=not train or frozen_backbone, momentum=0.9,
-                                     epsilon=1e-5, dtype=self.dtype, name=f"bn{name}")(x)
-                x = nn.relu(x)
-                self.sow("intermediates", f"relu{name}", x)
-                if self.lrn and name == "1_1":
-                    x = local_response_norm(x)
-                    self.sow("intermediates", "norm1", x)
-            x = max_pool_2x2(x)
-            self.sow("intermediates", f"pool{block}", x)
+            conv_block = block_class(block, kernels, self.scaled(BLOCK_WIDTHS[block - 1]), self.batch_norm,
+                                     self.lrn, not train or frozen_backbone, self.init_scheme, self.dtype)
+            nn.share_scope(self, conv_block)
+            x = conv_block(x)
         if not self.include_top:
             return x
         scores = self.head(x, train, frozen_backbone)
