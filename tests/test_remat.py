@@ -59,8 +59,9 @@ def test_remat_recomputes_each_block_and_needs_less_memory():
     assert remat.memory_analysis().temp_size_in_bytes < plain.memory_analysis().temp_size_in_bytes
 
 
-def test_config_remat_must_be_a_bool():
+def test_config_remat_and_conv_algorithm_are_checked():
     model = default_config.get_config().model
     assert not configuration.model_problems(model)
-    wrong = ml_collections.ConfigDict({**model.to_dict(), "remat": "yes"})  # e.g. a config file's typo
-    assert any("model.remat" in problem for problem in configuration.model_problems(wrong))
+    for field, typo in [("remat", "yes"), ("conv_algorithm", "winnograd")]:
+        wrong = ml_collections.ConfigDict({**model.to_dict(), field: typo})  # e.g. a config file's typo
+        assert any(f"model.{field}" in problem for problem in configuration.model_problems(wrong))

@@ -20,6 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vgg_jax import winograd
+
 # Kernel size of every conv, block by block; block b has width BLOCK_WIDTHS[b]. Config C's
 # 1x1 convs are the only kernels that are not 3x3.
 BLOCK_WIDTHS = (64, 128, 256, 512, 512)
@@ -37,6 +39,7 @@ DOWNSAMPLING = 2 ** len(BLOCK_WIDTHS)  # five 2x2 max-pools
 LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K = 5, 1e-4, 0.75, 2.0
 
 INITS = ("paper", "glorot", "kaiming")
+CONV_ALGORITHMS = ("direct", "winograd")
 
 
 def local_response_norm(x: jax.Array) -> jax.Array:
@@ -104,14 +107,16 @@ class ConvBlock(nn.Module):
     use_running_average: bool
     init_scheme: str
     dtype: Any
+    conv_algorithm: str = "direct"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         conv_init, _ = initializers(self.init_scheme)
         for index, kernel in enumerate(self.kernels, start=1):
             name = f"{self.block}_{index}"
-            x = nn.Conv(self.features, (kernel, kernel), padding="SAME", dtype=self.dtype,
-                        name=f"conv{name}", **conv_init)(x)
+            fast = self.conv_algorithm == "winograd" and kernel == 3 and winograd.pays(x)
+            x = nn.Conv(self.features, (kernel, kernel), padding="SAME", dtype=self.dtype, name=f"conv{name}",
+                        conv_general_dilated=winograd.conv_general_dilated if fast else None, **conv_init)(x)
             self.sow("intermediates", f"preact{name}", x)
             if self.batch_norm:  # torchvision's order: conv -> BN -> ReLU
                 x = nn.BatchNorm(use_running_average=self.use_running_average, momentum=0.9,
@@ -154,6 +159,8 @@ class VGG(nn.Module):
     init_scheme: str = "paper"
     dtype: Any = jnp.float32  # compute dtype; parameters stay float32
     remat: bool = False  # recompute each conv block's activations in the backward pass (less memory)
+    # "winograd": F(4x4, 3x3) on the float32 3x3 layers where it is faster on CPU (vgg_jax.winograd)
+    conv_algorithm: str = "direct"
 
     def __post_init__(self):
         if self.layout not in LAYOUTS:
@@ -166,6 +173,8 @@ class VGG(nn.Module):
             raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
         if self.width <= 0:
             raise ValueError(f"width must be > 0, got {self.width}")
+        if self.conv_algorithm not in CONV_ALGORITHMS:
+            raise ValueError(f"unknown conv_algorithm {self.conv_algorithm!r}; choose one of {CONV_ALGORITHMS}")
         initializers(self.init_scheme)  # fail early on an unknown scheme
         super().__post_init__()
 
@@ -203,7 +212,8 @@ class VGG(nn.Module):
         x = images.astype(self.dtype)
         for block, kernels in enumerate(LAYOUTS[self.layout], start=1):
             conv_block = block_class(block, kernels, self.scaled(BLOCK_WIDTHS[block - 1]), self.batch_norm,
-                                     self.lrn, not train or frozen_backbone, self.init_scheme, self.dtype)
+                                     self.lrn, not train or frozen_backbone, self.init_scheme, self.dtype,
+                                     self.conv_algorithm)
             nn.share_scope(self, conv_block)
             x = conv_block(x)
         if not self.include_top:
