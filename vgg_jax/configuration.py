@@ -18,7 +18,6 @@ from vgg_jax import input_pipeline
 SCHEDULES = ("plateau", "step", "cosine")
 DTYPES = ("float32", "bfloat16")
 INIT_SCHEMES = ("paper", "glorot", "kaiming")
-CONV_ALGORITHMS = ("direct", "winograd")
 
 
 class ConfigError(ValueError):
@@ -46,7 +45,7 @@ def model_problems(model) -> list[str]:
     problems += one_of("model.dtype", model.dtype, DTYPES) + one_of("model.init_scheme", model.init_scheme, INIT_SCHEMES)
     if not isinstance(model.num_classes, int) or model.num_classes < 0:
         problems.append(f"model.num_classes={model.num_classes!r} must be 0 (the dataset's) or a positive count")
-    problems += one_of("model.conv_algorithm", model.conv_algorithm, CONV_ALGORITHMS)
+    problems += one_of("model.conv_algorithm", model.conv_algorithm, vgg_jax.models.CONV_ALGORITHMS)
     if not isinstance(model.remat, bool):
         problems.append(f"model.remat={model.remat!r} must be True or False")
     return problems
