@@ -35,10 +35,10 @@ TRANSFORMS = {
 }
 
 
-# Where F(4x4, 3x3) paid on a 2-core AVX-512 CPU (batch 8, forward and gradient, against XLA's
-# direct convolution): 1.1-1.7x on 112x112x128 .. 28x28x512 inputs; 0.4-0.95x at 224x224x64,
-# 112x112x64 and 14x14x512, where the transforms outweigh the saved multiplies. F(2x2, 3x3) was
-# slower than F(4x4) on every VGG layer.
+# Where F(4x4, 3x3) paid on a 2-core AVX-512 CPU (batch 8, against XLA's direct convolution):
+# forward 0.94-1.45x and gradient 1.4-1.75x on 112x112x128 .. 28x28x512 inputs; at 224x224x64
+# (0.5-0.7x), 112x112x64 (0.63x forward) and 14x14x512 (0.84x) the transforms outweigh the
+# saved multiplies. F(2x2, 3x3) was slower than F(4x4) on every VGG layer.
 TILE = 4
 MIN_CHANNELS, MIN_SIDE = 128, 28
 
