@@ -6,7 +6,7 @@ timed call follows an untimed call of the same function, because a framework's f
 after the other's ran 10-30% slower (allocator and thread-pool state). The table reports
 medians over rounds and the ratio ours / torch. Achieved FLOP/s are given as a fraction of the
 faster of a float32 matmul in torch and in jax, timed in the same rounds. `--quick` runs vgg16
-alone on a small batch, one round. torch is a benchmark dependency only: the library never
+alone (direct and Winograd convolutions) on a small batch, one round. torch is a benchmark dependency only: the library never
 imports it.
 """
 
@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
+import platform
 
 import jax
 import jax.numpy as jnp
@@ -23,30 +22,34 @@ import numpy as np
 import torch
 
 import vgg_jax
-from benchmarks.workloads import ARCHS, forward_flops, jax_functions
+from benchmarks.workloads import ARCHS, forward_flops, interleaved_medians, jax_functions
 from configs import default as default_config
 from vgg_jax import evaluation
 from vgg_jax.models import BLOCK_WIDTHS, FC_WIDTH, LAYOUTS
 
 DENSE_SIZE = 384  # the paper's smallest test scale Q for dense evaluation
 MATMUL_SIZE = 4096
+# /proc/cpuinfo flags the ratios depend on (torch's oneDNN uses AVX-512, bf16 and AMX; XLA:CPU less so).
+VECTOR_FLAGS = {"avx2": "AVX2", "avx512f": "AVX-512F", "avx512_bf16": "AVX512_BF16", "amx_tile": "AMX"}
 
 
-def time_call(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def interleaved_medians(fns: dict, rounds: int) -> dict[str, float]:
-    """Median seconds per call of each function; in each round every function is called twice
-    in a row and the second call is timed."""
-    times = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            fn()
-            times[name].append(time_call(fn))
-    return {name: statistics.median(ts) for name, ts in times.items()}
+def cpu_description(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """'<model name>, <n> CPUs; AVX2 yes, AVX-512F yes, AVX512_BF16 no, AMX no' (Linux; the model
+    alone elsewhere)."""
+    model, flags = platform.processor() or platform.machine(), None
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags" and flags is None:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    extensions = "" if flags is None else "; " + ", ".join(
+        f"{name} {'yes' if flag in flags else 'no'}" for flag, name in VECTOR_FLAGS.items())
+    return f"{model}, {os.cpu_count()} CPUs{extensions}"
 
 
 def matmuls() -> dict:
@@ -97,16 +100,29 @@ def torch_functions(arch: str, images: np.ndarray, labels: np.ndarray):
 
 # ---------------------------------------------------------------- measurements
 
-def compare(arch: str, dtype, batch: int, rounds: int, rng: np.random.Generator) -> dict:
+# vgg_jax variants timed against the torch float32 reference: (dtype, plain jax.jit, VGG fields).
+VARIANTS = {
+    "float32": (jnp.float32, False, {}),
+    "float32 winograd": (jnp.float32, False, {"conv_algorithm": "winograd"}),
+    "bfloat16": (jnp.bfloat16, False, {}),
+    "float32, plain jax.jit": (jnp.float32, True, {}),
+    "float32 winograd, plain jax.jit": (jnp.float32, True, {"conv_algorithm": "winograd"}),
+}
+
+
+def compare(arch: str, variants: list[str], batch: int, rounds: int, rng: np.random.Generator) -> dict:
+    """img/s of forward and train step of every variant and of torch, all in the same rounds,
+    and the matmul peak in FLOP/s."""
     images = rng.standard_normal((batch, 224, 224, 3), np.float32)
     labels = rng.integers(0, 1000, batch).astype(np.int32)
-    jax_fwd, jax_train = jax_functions(arch, dtype, images, labels)
-    torch_fwd, torch_train = torch_functions(arch, images, labels)
-    seconds = interleaved_medians(dict(jax_fwd=jax_fwd, torch_fwd=torch_fwd, jax_train=jax_train,
-                                       torch_train=torch_train, **matmuls()), rounds)
-    images_per_s = {name: batch / s for name, s in seconds.items()}
+    fns = {}
+    for variant in variants:
+        dtype, plain_jit, fields = VARIANTS[variant]
+        fns[variant, "fwd"], fns[variant, "train"] = jax_functions(arch, dtype, images, labels, plain_jit, **fields)
+    fns["torch", "fwd"], fns["torch", "train"] = torch_functions(arch, images, labels)
+    seconds = interleaved_medians(fns | matmuls(), rounds)
     peak = 2 * MATMUL_SIZE**3 / min(seconds["jax_matmul"], seconds["torch_matmul"])
-    return images_per_s | {"peak": peak}
+    return {name: batch / s for name, s in seconds.items()} | {"peak": peak}
 
 
 def evaluation_costs(batch: int, rounds: int, rng: np.random.Generator) -> dict[str, float]:
@@ -139,7 +155,7 @@ def pipeline_images_per_second(num_batches: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="vgg16 float32 only, batch 2, one round")
+    parser.add_argument("--quick", action="store_true", help="vgg16 float32 only (direct, winograd), batch 2, one round")
     parser.add_argument("--batch", type=int, help="images per step (default 8; 2 with --quick)")
     parser.add_argument("--rounds", type=int, help="timed rounds per network (default 3; 1 with --quick)")
     args = parser.parse_args()
@@ -148,24 +164,28 @@ def main() -> None:
     rng = np.random.default_rng(0)
 
     if args.quick:
-        runs = [("vgg16", jnp.float32)]
+        runs = {"vgg16": ["float32", "float32 winograd"]}
     else:
-        runs = [(arch, jnp.float32) for arch in ARCHS] + [("vgg16", jnp.bfloat16)]
-    print(f"jax {jax.__version__}, torch {torch.__version__}, {os.cpu_count()} CPUs, "
-          f"batch {batch}, 224x224, median of {rounds} interleaved round(s); peak: the faster float32 "
-          f"{MATMUL_SIZE}^2 matmul of jax and torch, timed in the same rounds; "
-          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}\n")
-    print("| network | vgg_jax dtype (torch: float32) | forward img/s jax / torch (ratio) | train img/s jax / torch (ratio) "
+        runs = {"vgg11": ["float32"], "vgg16": list(VARIANTS), "vgg19": ["float32"]}
+    print(f"CPU: {cpu_description()}; load average at start {os.getloadavg()[0]:.2f}")
+    print(f"jax {jax.__version__}, jaxlib {jax.lib.__version__}, torch {torch.__version__}, "
+          f"batch {batch}, 224x224, median of {rounds} interleaved round(s) (all variants of a network "
+          f"and torch in the same rounds); peak: the faster float32 {MATMUL_SIZE}^2 matmul of jax and "
+          f"torch, timed in the same rounds; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}\n")
+    print("| network | vgg_jax variant (torch: float32) | forward img/s jax / torch (ratio) | train img/s jax / torch (ratio) "
           "| jax forward, train FLOP/s / peak | peak GFLOP/s |")
     print("|---|---|---|---|---|---|")
-    for arch, dtype in runs:
-        r = compare(arch, dtype, batch, rounds, rng)
+    for arch, variants in runs.items():
+        r = compare(arch, variants, batch, rounds, rng)
         flops = forward_flops(ARCHS[arch])
-        print(f"| {arch} | {jnp.dtype(dtype).name} "
-              f"| {r['jax_fwd']:.2f} / {r['torch_fwd']:.2f} ({r['jax_fwd'] / r['torch_fwd']:.2f}x) "
-              f"| {r['jax_train']:.2f} / {r['torch_train']:.2f} ({r['jax_train'] / r['torch_train']:.2f}x) "
-              f"| {r['jax_fwd'] * flops / r['peak']:.0%}, {r['jax_train'] * 3 * flops / r['peak']:.0%} "
-              f"| {r['peak'] / 1e9:.0f} |", flush=True)
+        torch_fwd, torch_train = r["torch", "fwd"], r["torch", "train"]
+        for variant in variants:
+            fwd, train = r[variant, "fwd"], r[variant, "train"]
+            print(f"| {arch} | {variant} | {fwd:.2f} / {torch_fwd:.2f} ({fwd / torch_fwd:.2f}x) "
+                  f"| {train:.2f} / {torch_train:.2f} ({train / torch_train:.2f}x) "
+                  f"| {fwd * flops / r['peak']:.0%}, {train * 3 * flops / r['peak']:.0%} "
+                  f"| {r['peak'] / 1e9:.0f} |", flush=True)
+    print("\nFLOP/s count a direct convolution's multiply-adds, so Winograd rows can exceed 100%.")
     costs = evaluation_costs(1 if args.quick else 2, rounds, rng)
     print(f"\nvgg16 dense evaluation at Q={DENSE_SIZE}: {costs['dense_cost']:.2f}x the conv stack alone "
           f"on the same image; multi-crop: {costs['crops_per_s']:.2f} crops/s "

@@ -45,6 +45,9 @@ def model_problems(model) -> list[str]:
     problems += one_of("model.dtype", model.dtype, DTYPES) + one_of("model.init_scheme", model.init_scheme, INIT_SCHEMES)
     if not isinstance(model.num_classes, int) or model.num_classes < 0:
         problems.append(f"model.num_classes={model.num_classes!r} must be 0 (the dataset's) or a positive count")
+    problems += one_of("model.conv_algorithm", model.conv_algorithm, vgg_jax.models.CONV_ALGORITHMS)
+    if not isinstance(model.remat, bool):
+        problems.append(f"model.remat={model.remat!r} must be True or False")
     return problems
 
 

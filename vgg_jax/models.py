@@ -20,6 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vgg_jax import winograd
+
 # Kernel size of every conv, block by block; block b has width BLOCK_WIDTHS[b]. Config C's
 # 1x1 convs are the only kernels that are not 3x3.
 BLOCK_WIDTHS = (64, 128, 256, 512, 512)
@@ -37,6 +39,7 @@ DOWNSAMPLING = 2 ** len(BLOCK_WIDTHS)  # five 2x2 max-pools
 LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K = 5, 1e-4, 0.75, 2.0
 
 INITS = ("paper", "glorot", "kaiming")
+CONV_ALGORITHMS = ("direct", "winograd")
 
 
 def local_response_norm(x: jax.Array) -> jax.Array:
@@ -92,6 +95,42 @@ def initializers(scheme: str) -> tuple[dict[str, Any], dict[str, Any]]:
     raise ValueError(f"unknown init_scheme {scheme!r}; choose one of {INITS}")
 
 
+class ConvBlock(nn.Module):
+    """One block of VGG's conv stack: its convs (each with BN if batch_norm, then ReLU; LRN after
+    conv1_1 if lrn), then the 2x2 max-pool. Its layers are named conv{block}_{i}, bn{block}_{i}."""
+
+    block: int
+    kernels: tuple[int, ...]
+    features: int
+    batch_norm: bool
+    lrn: bool
+    use_running_average: bool
+    init_scheme: str
+    dtype: Any
+    conv_algorithm: str = "direct"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        conv_init, _ = initializers(self.init_scheme)
+        for index, kernel in enumerate(self.kernels, start=1):
+            name = f"{self.block}_{index}"
+            fast = self.conv_algorithm == "winograd" and kernel == 3 and winograd.pays(x)
+            x = nn.Conv(self.features, (kernel, kernel), padding="SAME", dtype=self.dtype, name=f"conv{name}",
+                        conv_general_dilated=winograd.conv_general_dilated if fast else None, **conv_init)(x)
+            self.sow("intermediates", f"preact{name}", x)
+            if self.batch_norm:  # torchvision's order: conv -> BN -> ReLU
+                x = nn.BatchNorm(use_running_average=self.use_running_average, momentum=0.9,
+                                 epsilon=1e-5, dtype=self.dtype, name=f"bn{name}")(x)
+            x = nn.relu(x)
+            self.sow("intermediates", f"relu{name}", x)
+            if self.lrn and name == "1_1":
+                x = local_response_norm(x)
+                self.sow("intermediates", "norm1", x)
+        x = max_pool_2x2(x)
+        self.sow("intermediates", f"pool{self.block}", x)
+        return x
+
+
 class VGG(nn.Module):
     """A VGG network. `__call__(images, train=False, dense=False)` on NHWC images.
 
@@ -119,6 +158,9 @@ class VGG(nn.Module):
     include_top: bool = True
     init_scheme: str = "paper"
     dtype: Any = jnp.float32  # compute dtype; parameters stay float32
+    remat: bool = False  # recompute each conv block's activations in the backward pass (less memory)
+    # "winograd": F(4x4, 3x3) on the float32 3x3 layers where it is faster on CPU (vgg_jax.winograd)
+    conv_algorithm: str = "direct"
 
     def __post_init__(self):
         if self.layout not in LAYOUTS:
@@ -131,6 +173,8 @@ class VGG(nn.Module):
             raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
         if self.width <= 0:
             raise ValueError(f"width must be > 0, got {self.width}")
+        if self.conv_algorithm not in CONV_ALGORITHMS:
+            raise ValueError(f"unknown conv_algorithm {self.conv_algorithm!r}; choose one of {CONV_ALGORITHMS}")
         initializers(self.init_scheme)  # fail early on an unknown scheme
         super().__post_init__()
 
@@ -162,24 +206,16 @@ class VGG(nn.Module):
     def __call__(self, images: jax.Array, train: bool = False, dense: bool = False,
                  frozen_backbone: bool = False) -> jax.Array:
         self.check_input(images, dense)
-        conv_init, dense_init = initializers(self.init_scheme)
+        # nn.remat recomputes a block's activations in the backward pass instead of keeping them;
+        # share_scope keeps the block's layers directly under VGG (conv1_1, not ConvBlock_0/conv1_1).
+        block_class = nn.remat(ConvBlock) if self.remat else ConvBlock
         x = images.astype(self.dtype)
         for block, kernels in enumerate(LAYOUTS[self.layout], start=1):
-            for index, kernel in enumerate(kernels, start=1):
-                name = f"{block}_{index}"
-                x = nn.Conv(self.scaled(BLOCK_WIDTHS[block - 1]), (kernel, kernel), padding="SAME",
-                            dtype=self.dtype, name=f"conv{name}", **conv_init)(x)
-                self.sow("intermediates", f"preact{name}", x)
-                if self.batch_norm:  # torchvision's order: conv -> BN -> ReLU
-                    x = nn.BatchNorm(use_running_average=not train or frozen_backbone, momentum=0.9,
-                                     epsilon=1e-5, dtype=self.dtype, name=f"bn{name}")(x)
-                x = nn.relu(x)
-                self.sow("intermediates", f"relu{name}", x)
-                if self.lrn and name == "1_1":
-                    x = local_response_norm(x)
-                    self.sow("intermediates", "norm1", x)
-            x = max_pool_2x2(x)
-            self.sow("intermediates", f"pool{block}", x)
+            conv_block = block_class(block, kernels, self.scaled(BLOCK_WIDTHS[block - 1]), self.batch_norm,
+                                     self.lrn, not train or frozen_backbone, self.init_scheme, self.dtype,
+                                     self.conv_algorithm)
+            nn.share_scope(self, conv_block)
+            x = conv_block(x)
         if not self.include_top:
             return x
         scores = self.head(x, train, frozen_backbone)

@@ -214,7 +214,8 @@ def model_kwargs(config: ml_collections.ConfigDict, num_classes: int) -> dict:
     """The JSON-able VGG fields a checkpoint records."""
     m = config.model
     return {"num_classes": num_classes, "width": m.width, "image_size": m.image_size,
-            "dropout_rate": m.dropout_rate, "init_scheme": m.init_scheme, "dtype": m.dtype}
+            "dropout_rate": m.dropout_rate, "init_scheme": m.init_scheme, "dtype": m.dtype, "remat": m.remat,
+            "conv_algorithm": m.conv_algorithm}
 
 
 @dataclasses.dataclass
