@@ -145,35 +145,62 @@ def tiny_filesystem(tmp_path):
     subprocess.run(["umount", "-l", str(mount_point)], check=True)
 
 
-def fill(directory):
-    """Writes a file until the filesystem is full."""
-    with open(os.path.join(directory, f"filler-{uuid.uuid4().hex}"), "wb") as f:
+def fill(directory, leave=0):
+    """Writes a file until the filesystem is full, then gives `leave` bytes back."""
+    with open(os.path.join(directory, f"filler-{uuid.uuid4().hex}"), "wb", buffering=0) as f:
         try:
             while True:
                 f.write(b"\0" * (1 << 20))
-                f.flush()
         except OSError as error:
             assert error.errno == errno.ENOSPC
+        f.truncate(max(0, os.fstat(f.fileno()).st_size - leave))
 
 
-def test_a_full_disk_stops_with_one_line_and_the_previous_checkpoint_stays(tiny_filesystem, monkeypatch):
-    workdir = str(tiny_filesystem / "run")
+def fill_at_save(monkeypatch, tiny_filesystem, save_number, room):
+    """Fills the disk as the `save_number`-th save is called, leaving `room(state)` bytes."""
     saves = []
     original_save = checkpoints.save
 
-    def save_then_fill(manager, step, *args, **kwargs):
+    def save_then_fill(manager, step, state, *args, **kwargs):
         saves.append(step)
-        if len(saves) == 2:
-            fill(tiny_filesystem)  # the disk fills up between the first and the second save
-        original_save(manager, step, *args, **kwargs)
+        if len(saves) == save_number:
+            checkpoints.finish_saving(manager)  # the saves before it have committed
+            fill(tiny_filesystem, leave=room(state))
+        original_save(manager, step, state, *args, **kwargs)
     monkeypatch.setattr(checkpoints, "save", save_then_fill)
+
+
+def full_disk_error(workdir):
     config = quick_config(num_steps=15, checkpoint_every_steps=5, eval_every_epochs=100)
     with pytest.raises(checkpoints.CheckpointSaveError) as raised:
         training.train_and_evaluate(config, workdir)
     message = str(raised.value)
     assert "[Errno 28] No space left on device" in message and workdir in message and "\n" not in message
-    assert checkpoints.load_variables(workdir, 5)[2] == 5  # the previous step is intact
     assert not os.path.exists(os.path.join(workdir, "results.json"))
+    return message
+
+
+def test_a_full_disk_stops_with_one_line_and_the_previous_checkpoint_stays(tiny_filesystem, monkeypatch):
+    """Catches a message that names no readable step or the wrong one, and a failed save that
+    damages the committed step before it: step 5 commits, then the disk fills before step 10."""
+    workdir = str(tiny_filesystem / "run")
+    fill_at_save(monkeypatch, tiny_filesystem, save_number=2, room=lambda state: 0)
+    assert full_disk_error(workdir).endswith("the newest readable step there is 5")
+    assert checkpoints.load_variables(workdir)[2] == 5  # intact, and what a resume would use
+
+
+def test_a_disk_that_fills_while_the_first_save_is_in_flight_says_no_step_is_readable(tiny_filesystem, monkeypatch):
+    """Catches a message claiming earlier checkpoints survive when the save that failed was the
+    only one (the flaky run of issue 19): step 5's save starts with room for a quarter of the
+    parameters, so it writes its small files and then runs out of space part-way."""
+    workdir = str(tiny_filesystem / "run")
+
+    def quarter_of_the_parameters(state):
+        return sum(leaf.nbytes for leaf in jax.tree.leaves(state.params)) // 4
+    fill_at_save(monkeypatch, tiny_filesystem, save_number=1, room=quarter_of_the_parameters)
+    assert full_disk_error(workdir).endswith("no step there is readable")
+    with pytest.raises(checkpoints.CheckpointError, match="holds no checkpoint steps"):
+        checkpoints.load_variables(workdir)
 
 
 @pytest.fixture

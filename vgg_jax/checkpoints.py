@@ -96,8 +96,8 @@ def best_metric(metrics: dict) -> float:
 def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict,
          metrics: dict | None = None) -> None:
     """Saves (asynchronously where the manager is) and raises CheckpointSaveError naming the
-    directory and the OS error when the filesystem refuses (full, read-only, no permission);
-    the previous steps stay as they were."""
+    directory, the OS error and the newest step still readable there when the filesystem
+    refuses (full, read-only, no permission): committed steps stay as they were."""
     with save_errors(manager.directory):
         manager.save(step, args=ocp.args.Composite(**{
             STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)}), metrics=metrics,
@@ -113,14 +113,24 @@ def finish_saving(manager: ocp.CheckpointManager) -> None:
 @contextlib.contextmanager
 def save_errors(directory):
     """An asynchronous save fails at the next save or wait, so the message names the directory
-    rather than a step."""
+    rather than a step, and then the newest step that was committed (a save in flight is lost)."""
     try:
         yield
     except CheckpointSaveError:
         raise
     except Exception as error:  # orbax and tensorstore wrap OS errors in their own types
         raise CheckpointSaveError(f"cannot save a checkpoint in {directory}: {os_error_text(error)}; "
-                                  "the checkpoints saved before it are untouched") from error
+                                  f"{newest_committed_text(directory)}") from error
+
+
+def newest_committed_text(directory) -> str:
+    """Which step a resume would start from: orbax renames a step's directory into place only
+    once all its files are written, so the finalized steps are the readable ones."""
+    try:
+        steps = ocp.step.checkpoint_steps(directory)
+    except OSError as error:
+        return f"cannot list its steps: {os_error_text(error)}"
+    return f"the newest readable step there is {max(steps)}" if steps else "no step there is readable"
 
 
 def os_error_text(error: BaseException) -> str:
