@@ -32,10 +32,10 @@ def batch(size=8, seed=0):
             "label": rng.integers(0, 4, size).astype(np.int32)}
 
 
-def run_steps(model, train, data, steps=1, devices=None, seed=0, dtype=jnp.float32):
+def run_steps(model, train, data, steps=1, devices=None, seed=0, dtype=jnp.float32, variables=None):
     tx = training.make_optimizer(train, steps_per_epoch=10)
     mesh = sharding.data_mesh(devices)
-    state = training.create_train_state(model, tx, seed)
+    state = training.create_train_state(model, tx, seed, variables)
     state = jax.tree.map(lambda v: v.astype(dtype) if jnp.issubdtype(v.dtype, jnp.floating) else v, state)
     state = sharding.replicate(state, mesh)
     step = training.jitted_train_step(model, tx, train)
@@ -45,21 +45,28 @@ def run_steps(model, train, data, steps=1, devices=None, seed=0, dtype=jnp.float
 
 
 def test_one_step_is_sgd_with_l2_on_weights_only():
-    model, train, data = tiny(), train_config(), batch()
-    initial = training.create_train_state(model, training.make_optimizer(train, 10), seed=0)
+    """Catches L2 decay applied to the biases too (Caffe's habit, which we leave out), a wrong
+    decay or learning rate, and a loss that is not the batch's mean cross-entropy. Biases start
+    non-zero (initialisers leave them at zero, where decaying them changes nothing) and the
+    decay is large enough for wd * lr * bias to stand far above float32 rounding."""
+    model, train, data = tiny(), train_config(weight_decay=0.05), batch()
+    rng = np.random.default_rng(0)
+    variables = model.init(jax.random.key(0), data["image"][:1])
+    params = jax.tree_util.tree_map_with_path(  # biases ~ U(-1, 1): a decayed bias moves by up to 2.5e-3
+        lambda path, w: rng.uniform(-1, 1, w.shape).astype(np.float32) if path[-1].key == "bias" else np.array(w),
+        variables["params"])  # numpy copies: the train step donates its state's buffers
 
     def loss(params):
         logits = model.apply({"params": params}, data["image"])
         return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(8), data["label"]])
 
-    grads = jax.grad(loss)(initial.params)
+    grads = jax.grad(loss)(params)
     # First momentum step: v = g + wd * w (kernels only); w' = w - lr * v.
     expected = jax.tree_util.tree_map_with_path(
-        lambda path, w, g: w - 0.05 * (g + (5e-4 * w if path[-1].key == "kernel" else 0.0)),
-        initial.params, grads)
-    state, metrics = run_steps(model, train, data, devices=jax.devices()[:1])
+        lambda path, w, g: w - 0.05 * (g + (0.05 * w if path[-1].key == "kernel" else 0.0)), params, grads)
+    state, metrics = run_steps(model, train, data, devices=jax.devices()[:1], variables={"params": params})
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), state.params, expected)
-    np.testing.assert_allclose(metrics["loss"], loss(initial.params), rtol=1e-5)
+    np.testing.assert_allclose(metrics["loss"], loss(params), rtol=1e-5)
 
 
 @pytest.mark.parametrize("arch", ["vgg11", "vgg11_bn"])
