@@ -58,6 +58,29 @@ def test_decode_crop_matches_rescale_then_crop(offset):
         assert np.abs(out - reference).mean() < 3.0
 
 
+def block_pattern(height, width, seed=0):
+    """Grey 8x8 blocks of random levels: a JPEG at quality 100 without chroma subsampling
+    stores each as its DC term alone, so it decodes to the same levels (within rounding)."""
+    levels = np.random.default_rng(seed).integers(0, 256, (height // 8, width // 8), dtype=np.uint8)
+    return levels.repeat(8, 0).repeat(8, 1)[..., None].repeat(3, -1)
+
+
+@pytest.mark.parametrize("offset", [(0.0, 0.0), (0.5, 0.5), (1.0, 0.3), (0.2, 1.0)])
+def test_decode_crop_is_exactly_the_window_at_the_closed_form_offset(offset):
+    """Catches a crop window off by a pixel (or rows and columns swapped) in either decoding path,
+    which a comparison after resampling cannot see. At scale == the smallest side nothing is
+    resampled, so the crop is image[y:y + crop, x:x + crop], y = round(offset_y * (H - crop)):
+    checked on a PNG of noise and on a JPEG of flat 8x8 blocks (exact up to one level)."""
+    height, width, crop = 64, 96, 48
+    y, x = round(offset[0] * (height - crop)), round(offset[1] * (width - crop))
+    noise = np.random.default_rng(1).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    blocks = block_pattern(height, width)
+    for image, data, atol in [(noise, encode(noise, "PNG"), 0),
+                              (blocks, encode(blocks, "JPEG", quality=100, subsampling=0), 1)]:
+        out = np.asarray(pp.decode_crop(tf.constant(data), height, crop, offset), np.float64)
+        np.testing.assert_allclose(out, image[y:y + crop, x:x + crop], atol=atol, rtol=0)
+
+
 def test_jpeg_window_decode_equals_full_decode_then_crop():
     data = encode(smooth_image(120, 160), "JPEG", quality=90)
     window = pp.crop_window(120, 160, 96, 64, (0.3, 0.7)).numpy()
