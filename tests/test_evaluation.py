@@ -78,6 +78,45 @@ def test_dense_on_a_224_input_equals_the_single_crop_fc_head():
                                atol=float32_tolerance(fc_logits, 7 * 7 * 32, 3))
 
 
+def numpy_head(params, pool5, window):
+    """Class scores (h, w, C) of pool5 features (H, W, c), in float64 numpy: fc6 reads each
+    window x window window flattened in (row, column, channel) order, then fc7 and fc8."""
+    weights = {layer: (np.asarray(params[layer]["kernel"], np.float64), np.asarray(params[layer]["bias"], np.float64))
+               for layer in ("fc6", "fc7", "fc8")}
+    rows, cols = pool5.shape[0] - window + 1, pool5.shape[1] - window + 1
+    x = np.stack([[pool5[i:i + window, j:j + window].reshape(-1) for j in range(cols)] for i in range(rows)])
+    for layer in ("fc6", "fc7"):
+        x = np.maximum(x @ weights[layer][0] + weights[layer][1], 0)
+    return x @ weights["fc8"][0] + weights["fc8"][1]
+
+
+def test_every_method_on_a_multi_position_map_equals_a_numpy_head_over_the_trunks_features():
+    """Catches the dense head visiting windows in the wrong order or flattening fc6's window
+    with rows and columns swapped (invisible at a 1x1 window), and dense pooling as the mean of
+    per-position softmaxes instead of the softmax of the mean scores (invisible with 1-2
+    positions or near-uniform posteriors). A 64 px net (2x2 fc6 window) on a 96x128 image: a
+    2x3 score map, with fc8 scaled so that the posteriors are far from uniform."""
+    model = tiny_model(image_size=64)
+    variables = jax.tree.map(np.array, init(model))
+    variables["params"]["fc8"]["kernel"] *= 30
+    image = np.random.default_rng(5).standard_normal((96, 128, 3)).astype(np.float32)
+    _, posteriors = evaluation.scale_posteriors(member(model, variables), [(image, 0)], scale=96,
+                                                batch_size=4, mesh=sharding.data_mesh())
+    trunk = model.clone(include_top=False)
+    conv_params = {"params": {k: v for k, v in variables["params"].items() if not k.startswith("fc")}}
+    head = lambda x: numpy_head(variables["params"], np.asarray(trunk.apply(conv_params, x[None]), np.float64)[0], 2)
+
+    maps = [head(x) for x in (image, image[:, ::-1])]
+    assert maps[0].shape == (2, 3, 10)
+    dense = np.mean([softmax(m.mean(axis=(0, 1))) for m in maps], axis=0)
+    centre = softmax(head(image[16:80, 32:96])[0, 0])
+    atol = float32_tolerance(maps[0], terms=9 * 64, layers=len(variables["params"]))
+    np.testing.assert_allclose(posteriors["dense"][0], dense, atol=atol, rtol=0)
+    np.testing.assert_allclose(posteriors["single-crop"][0], centre, atol=atol, rtol=0)
+    mean_of_softmaxes = np.mean([softmax(m).mean(axis=(0, 1)) for m in maps], axis=0)
+    assert dense.max() > 0.25 and np.abs(mean_of_softmaxes - dense).max() > 10 * atol  # they can be told apart
+
+
 @pytest.mark.parametrize("arch", ["vgg11", "vgg11_bn"])
 def test_padded_dense_batch_equals_each_image_evaluated_alone(arch):
     model = tiny_model(arch)

@@ -116,8 +116,15 @@ def copy_into_torch(variables, reference):
                 norms[index].running_mean.copy_(torch.from_numpy(np.asarray(stats[bn]["mean"])))
                 norms[index].running_var.copy_(torch.from_numpy(np.asarray(stats[bn]["var"])))
         linears = [m for m in reference[2] if isinstance(m, torch.nn.Linear)]
-        for linear, name in zip(linears, ("fc6", "fc7", "fc8")):
-            linear.weight.copy_(torch.from_numpy(np.asarray(params[name]["kernel"]).T))
+        # fc6 reads its window in (row, column, channel) order; torch.nn.Flatten of NCHW in
+        # (channel, row, column) order: the rows of fc6's kernel are permuted to match.
+        window = reference[2][0].in_features // convs[-1].out_channels
+        side = int(round(window ** 0.5))
+        fc6 = np.asarray(params["fc6"]["kernel"])
+        fc6 = fc6.reshape(side, side, -1, fc6.shape[-1]).transpose(2, 0, 1, 3).reshape(fc6.shape)
+        for linear, kernel, name in zip(linears, (fc6, params["fc7"]["kernel"], params["fc8"]["kernel"]),
+                                        ("fc6", "fc7", "fc8")):
+            linear.weight.copy_(torch.from_numpy(np.ascontiguousarray(np.asarray(kernel).T)))
             linear.bias.copy_(torch.from_numpy(np.asarray(params[name]["bias"])))
 
 
@@ -127,13 +134,16 @@ def torch_logits(reference, images, train):
         return reference(torch.from_numpy(np.asarray(images)).permute(0, 3, 1, 2)).numpy()
 
 
-@pytest.mark.parametrize("arch", ["vgg11", "vgg11_lrn", "vgg16_conv1", "vgg16", "vgg16_bn"])
-def test_logits_match_torch_reference(arch):
-    # A 32 px input with a head sized to it (a 1x1 head window) keeps full width yet is fast.
-    model = vgg_jax.create_model(arch, num_classes=10, image_size=32, dropout_rate=0.0,
+@pytest.mark.parametrize("arch, size", [("vgg11", 32), ("vgg11_lrn", 32), ("vgg16_conv1", 32), ("vgg16", 32),
+                                        ("vgg16_bn", 32), ("vgg11", 64)])
+def test_logits_match_torch_reference(arch, size):
+    """Catches a layer, layout or BN difference from torchvision's VGG and, at 64 px (a 2x2
+    fc6 window), fc6 flattening its window with rows and columns swapped."""
+    # Inputs of 32 px (a 1x1 head window) and 64 px keep full width yet are fast.
+    model = vgg_jax.create_model(arch, num_classes=10, image_size=size, dropout_rate=0.0,
                                  init_scheme="kaiming")
-    images = jax.random.uniform(jax.random.key(1), (4, 32, 32, 3), minval=-1.0, maxval=1.0)
-    variables = randomize_batch_stats(init_variables(model, 32), seed=2)
+    images = jax.random.uniform(jax.random.key(1), (4, size, size, 3), minval=-1.0, maxval=1.0)
+    variables = randomize_batch_stats(init_variables(model, size), seed=2)
     reference = torch_reference(model, 10)
     copy_into_torch(variables, reference)
 
