@@ -132,6 +132,34 @@ def test_eval_images_rescale_the_smallest_side():
         assert image.shape == (48, 48, 3) and label == expected_label
 
 
+def test_non_square_folder_images_keep_their_aspect_in_both_evaluation_inputs(tmp_path):
+    """Catches evaluation images squashed to Q x Q (the aspect ratio lost), or cropped off centre,
+    which square images cannot show. PNGs of noise, one landscape and one portrait: at Q equal to
+    the smallest side (32, the crop) nothing is resampled, so the dense/multi-crop input is each
+    image itself and the validation input its centre 32x32; at Q = 48 the sides are in closed form."""
+    rng = np.random.default_rng(6)
+    shapes = {"wide": (32, 48, 3), "tall": (48, 32, 3)}
+    originals = {}
+    for name, shape in shapes.items():
+        (tmp_path / name).mkdir()
+        originals[name] = rng.integers(0, 256, shape, dtype=np.uint8)
+        Image.fromarray(originals[name]).save(tmp_path / name / "0.png")
+    config = data_config(source=f"folder:{tmp_path}", train_split="val", eval_split="val", val_fraction=0.0)
+    names = ip.dataset_info(config).class_names
+    unit = Normalization((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    whole = list(ip.eval_images(config, scale=32, normalization=unit, process_index=0, process_count=1))
+    assert sorted(names[label] for _, label in whole) == ["tall", "wide"]
+    for image, label in whole:
+        np.testing.assert_array_equal(image, originals[names[label]])
+    larger = list(ip.eval_images(config, scale=48, normalization=unit, process_index=0, process_count=1))
+    assert sorted(image.shape for image, _ in larger) == [(48, 72, 3), (72, 48, 3)]
+    [batch] = ip.eval_batches(config, global_batch_size=2, normalization=unit, process_index=0, process_count=1)
+    for image, label in zip(batch["image"], batch["label"]):
+        original = originals[names[label]]
+        y, x = (original.shape[0] - 32) // 2, (original.shape[1] - 32) // 2
+        np.testing.assert_array_equal(image, original[y:y + 32, x:x + 32])
+
+
 @pytest.mark.parametrize("field,overrides", [
     ("crop_size", {"crop_size": 48}), ("scale_min", {"scale_min": 50, "scale_max": 40}),
     ("eval_scale", {"eval_scale": 24}),
@@ -190,6 +218,9 @@ def test_tfds_sizes_come_from_metadata_and_batches_restart_exactly(tfds_dir):
         np.testing.assert_array_equal(a["label"], b["label"])
     batches = list(ip.eval_batches(config, global_batch_size=8, normalization=NORM, process_index=0, process_count=1))
     assert [b["mask"].sum() for b in batches] == [8, 4]
+    # 40x30 JPEGs: the dense/multi-crop input keeps the aspect (an image squashed to Q x Q would not)
+    images = list(ip.eval_images(config, scale=45, normalization=NORM, process_index=0, process_count=1))
+    assert len(images) == 12 and {image.shape for image, _ in images} == {(45, 60, 3)}
 
 
 @pytest.mark.parametrize("window", [1, 16, 64, 1000])
