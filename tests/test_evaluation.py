@@ -313,6 +313,38 @@ def test_eval_cli_on_an_imported_model_with_the_dataset_on_the_command_line(tmp_
     assert [float(r["top1_error"]) for r in rows] == pytest.approx([r["top1_error"] for r in results["rows"]])
 
 
+@pytest.fixture(scope="module")
+def best_is_not_latest(tmp_path_factory):
+    """A training workdir whose best step (4, val_top1 0.9) predicts class 0 for every image and
+    whose latest step (8, val_top1 0.5) class 1: which one a tool used shows in its answers."""
+    workdir = str(tmp_path_factory.mktemp("best_is_not_latest"))
+    model = tiny_model()
+    kwargs = {"num_classes": 10, "width": 0.125, "image_size": 32, "init_scheme": "glorot"}
+    meta = {"spec": checkpoints.ModelSpec("vgg11", kwargs, digits.CLASS_NAMES, DIGITS).to_dict()}
+    manager = checkpoints.open_manager(os.path.join(workdir, "checkpoints"))
+    for step, top1, favoured in ((4, 0.9, 0), (8, 0.5, 1)):
+        variables = jax.tree.map(np.array, init(model))
+        variables["params"]["fc8"]["bias"][favoured] = 1e3  # beats any logit of a random net
+        checkpoints.save(manager, step, variables, meta, {"val_top1": top1})
+    checkpoints.finish_saving(manager)
+    manager.close()
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        json.dump(default.get_config().to_dict(), f)
+    return workdir
+
+
+def test_eval_cli_on_a_workdir_evaluates_its_best_step_not_its_latest(tmp_path, best_is_not_latest):
+    """Catches eval.py (load_member) taking a workdir's latest step instead of its best one."""
+    done = eval_cli(f"--workdir={best_is_not_latest}", "--scales=32", "--num_images=16", f"--out={tmp_path}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.load(open(tmp_path / "eval_results.json"))
+    assert results["checkpoints"] == [f"{best_is_not_latest} (step 4)"]
+    labels = digits.load("test")[1][:16]
+    best, latest = 100 * np.mean(labels != 0), 100 * np.mean(labels != 1)
+    assert best != latest  # the two steps' answers can be told apart on these images
+    assert [row["top1_error"] for row in results["rows"]] == pytest.approx([best] * len(results["rows"]))
+
+
 @pytest.mark.parametrize("args,message", [
     (["--checkpoint=/no/such/dir"], "error: no checkpoint directory at /no/such/dir"),
     (["--scales=256,big"], "error: --scales=256,big: give whole numbers"),

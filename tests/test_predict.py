@@ -15,6 +15,7 @@ import vgg_jax
 from vgg_jax import checkpoints, predict
 from vgg_jax import preprocessing as pp
 from vgg_jax.normalization import PAPER
+from test_evaluation import best_is_not_latest  # noqa: F401 - a fixture
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KWARGS = {"num_classes": 10, "width": 0.125, "image_size": 32, "init_scheme": "glorot"}
@@ -114,6 +115,14 @@ def test_cli_top5_and_heatmaps_of_the_images_size(checkpoint, photos, tmp_path):
         assert probabilities == sorted(probabilities, reverse=True) and all(line.split("  ")[2].startswith("class ") for line in ranked)
         with Image.open(tmp_path / f"map_{name}.png") as heatmap:
             assert heatmap.size == (640, 427) and heatmap.mode == "RGB"
+
+
+def test_predict_on_a_workdir_uses_its_best_step_not_its_latest(best_is_not_latest, photos, capsys):
+    """Catches predict taking a workdir's latest step instead of its best one."""
+    assert predict.main(["--checkpoint", best_is_not_latest, photos["china"]]) == 0
+    out, err = capsys.readouterr()
+    assert f"model: {best_is_not_latest} (step 4)" in err
+    assert out.splitlines()[1].endswith("(0)")  # the best step's class; the latest's is 1
 
 
 def test_an_imagenet_model_prints_readable_names(photos, tmp_path, capsys):
