@@ -68,8 +68,8 @@ def test_quickstart_config_learns(tmp_path):
     assert spec.class_names == [str(d) for d in range(10)] and model.num_classes == 10
 
 
-def train_cli(workdir, *overrides):
-    """train.py in its own process, as a user runs it."""
+def train_cli(workdir, log, *overrides):
+    """train.py in its own process, as a user runs it; its log goes to the file `log`."""
     args = [sys.executable, os.path.join(ROOT, "train.py"), f"--workdir={workdir}",
             "--config.model.width=0.125", "--config.train.batch_size=32",
             "--config.train.num_steps=40", "--config.train.checkpoint_every_steps=5",
@@ -77,43 +77,59 @@ def train_cli(workdir, *overrides):
     # The same 4 devices as this pytest process (conftest.py): equal reduction orders, so a run
     # finished here can be compared bit for bit with one done in a subprocess.
     env = {**os.environ, "JAX_NUM_CPU_DEVICES": str(jax.device_count())}
-    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    with open(log, "w") as stderr:
+        return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr, text=True)
 
 
-def wait_for_checkpoint(workdir, process, timeout=300):
+def newest_step(workdir):
+    """The newest committed step (orbax renames a step's directory into place once it is written)."""
     root = os.path.join(workdir, "checkpoints")
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        steps = [int(n) for n in os.listdir(root) if n.isdigit()] if os.path.isdir(root) else []
-        if steps:
-            return max(steps)
-        assert process.poll() is None, process.stderr.read()[-3000:]
+    return max((int(n) for n in os.listdir(root) if n.isdigit()), default=0) if os.path.isdir(root) else 0
+
+
+def wait_for_step_after(step, workdir, process, log, deadline):
+    """The first committed step newer than `step`; fails as soon as the process exits or the deadline passes."""
+    while newest_step(workdir) <= step:
+        assert process.poll() is None, f"train.py exited ({process.returncode}) with no step after {step}:\n" \
+                                       f"{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"no step after {step} before the deadline:\n{log.read_text()[-3000:]}"
         time.sleep(0.2)
-    raise TimeoutError("no checkpoint appeared")
+    return newest_step(workdir)
 
 
-def test_killed_run_resumes_to_the_same_parameters(tmp_path):
+def test_killed_run_resumes_to_the_same_parameters(tmp_path, caplog):
+    """Catches a restart that ignores the saved steps (or resumes from the wrong one), a SIGTERM
+    that exits without saving, and a resume that is not the uninterrupted run bit for bit
+    (optimiser state, step counter or data order not restored). Bounded: each wait has a deadline
+    and fails as soon as the watched process exits."""
+    deadline = time.monotonic() + 600
     interrupted = str(tmp_path / "interrupted")
-    process = train_cli(interrupted)
-    wait_for_checkpoint(interrupted, process)
-    process.send_signal(signal.SIGKILL)  # no chance to save: resume from the periodic checkpoint
-    process.wait()
-    process = train_cli(interrupted)  # resumes; then SIGTERM must save before exiting
-    time.sleep(1.0)
-    first = wait_for_checkpoint(interrupted, process)
-    while wait_for_checkpoint(interrupted, process) == first:  # the resumed run saves again
-        time.sleep(0.2)
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=120) == 0, process.stderr.read()[-3000:]
+    logs = [tmp_path / "killed.log", tmp_path / "terminated.log"]
+    process = train_cli(interrupted, logs[0])
+    try:
+        wait_for_step_after(0, interrupted, process, logs[0], deadline)
+        process.send_signal(signal.SIGKILL)  # no chance to save: resume from the periodic checkpoint
+        process.wait(timeout=60)
+        saved = newest_step(interrupted)
+        process = train_cli(interrupted, logs[1])  # resumes; then SIGTERM must save before exiting
+        wait_for_step_after(saved, interrupted, process, logs[1], deadline)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=max(1.0, deadline - time.monotonic())) == 0, logs[1].read_text()[-3000:]
+    finally:
+        process.kill()  # a failed wait leaves nothing running (a no-op once it has exited)
+    assert f"resumed from {interrupted} at step {saved}" in logs[1].read_text()
     terminated = json.load(open(os.path.join(interrupted, "results.json")))
-    assert terminated["interrupted"] == "SIGTERM" and terminated["step"] < 40
+    assert terminated["interrupted"] == "SIGTERM" and saved < terminated["step"] < 40
     assert checkpoints.default_step(checkpoints.model_root(interrupted)) == terminated["step"]
 
     config = quick_config(num_steps=40, checkpoint_every_steps=5, eval_every_epochs=100)
-    resumed = training.train_and_evaluate(config, interrupted)
+    with caplog.at_level("INFO", logger="vgg_jax.train"):
+        resumed = training.train_and_evaluate(config, interrupted)
+    assert f"resumed from {interrupted} at step {terminated['step']}" in caplog.text
     straight = training.train_and_evaluate(config, str(tmp_path / "straight"))
     assert resumed["step"] == straight["step"] == 40
-    leaves_close(checkpoints.load_variables(interrupted)[0], checkpoints.load_variables(tmp_path / "straight")[0], 1e-6)
+    jax.tree.map(np.testing.assert_array_equal, checkpoints.load_variables(interrupted)[0],
+                 checkpoints.load_variables(tmp_path / "straight")[0])
 
 
 def tiny_variables(arch, seed, **kwargs):
