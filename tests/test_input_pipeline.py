@@ -95,11 +95,21 @@ def test_restart_at_step_k_gives_the_uninterrupted_batches():
         np.testing.assert_array_equal(a["label"], b["label"])
 
 
-def test_processes_get_their_share_of_the_global_batch():
-    config = data_config()
-    shards = [train(config, 1, global_batch_size=16, process_index=i, process_count=2)[0] for i in range(2)]
-    assert shards[0]["image"].shape == (8, 32, 32, 3)
-    assert not np.array_equal(shards[0]["image"], shards[1]["image"])
+def test_processes_shards_partition_every_global_batch():
+    """Catches processes that read overlapping shards of the split (an example twice in a global
+    batch, another never), which differently augmented shards would hide. Without augmentation,
+    3 processes of 479 images each (1437 = 3 x 479): each global batch, the three local batches
+    put together, must be the whole split exactly once, and again at the next step."""
+    config = data_config(scale_min=32, scale_max=32, flip=False, color_shift_std=0.0)
+    images, labels = digits.load("train")
+    split = Counter(zip(map(bytes, normalized(images.astype(np.float32)).astype(np.float32)), labels))
+    shards = [train(config, 2, global_batch_size=1437, process_index=i, process_count=3) for i in range(3)]
+    assert shards[0][0]["image"].shape == (479, 32, 32, 3)
+    for step in range(2):
+        seen = Counter((bytes(image), label) for shard in shards
+                       for image, label in zip(shard[step]["image"], shard[step]["label"]))
+        missing, repeated = split - seen, seen - split
+        assert not missing and not repeated, f"step {step}: {missing.total()} missing, {repeated.total()} extra"
     with pytest.raises(ValueError, match="divisible"):
         train(config, 1, global_batch_size=15, process_count=2, process_index=0)
 
