@@ -140,7 +140,8 @@ def tiny_filesystem(tmp_path):
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount_point)],
                              capture_output=True)
     if mounted.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+        pytest.skip(f"needs the right to mount (root, or a container with CAP_SYS_ADMIN) for a "
+                    f"small tmpfs to fill: {mounted.stderr.decode().strip()}")
     yield mount_point
     subprocess.run(["umount", "-l", str(mount_point)], check=True)
 
@@ -211,7 +212,8 @@ def read_only_view(tmp_path):
     mounted = subprocess.run(f"mount --bind {tmp_path / 'rw'} {tmp_path / 'ro'} && "
                              f"mount -o remount,ro,bind {tmp_path / 'ro'}", shell=True, capture_output=True)
     if mounted.returncode:
-        pytest.skip(f"cannot bind-mount read-only here: {mounted.stderr.decode().strip()}")
+        pytest.skip(f"needs the right to mount (root, or a container with CAP_SYS_ADMIN) for a "
+                    f"read-only bind mount: {mounted.stderr.decode().strip()}")
     yield tmp_path / "rw", tmp_path / "ro"
     subprocess.run(["umount", "-l", str(tmp_path / "ro")], check=True)
 
