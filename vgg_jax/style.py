@@ -88,7 +88,10 @@ class Objective:
         return extract_features(self.model, self.variables, self.normalization.apply(image[None]), names)
 
     def terms(self, image: jax.Array) -> dict[str, jax.Array]:
-        """{content, style, tv}: the weighted terms of the total loss at `image`."""
+        """{content, style, tv}: the weighted terms of the total loss at `image`, taken at its
+        pixels clipped to [0, 255]: the picture that will be saved (out-of-range pixels get no
+        gradient outwards, and the loss an optimiser lowers is the saved picture's)."""
+        image = jnp.clip(image, 0.0, 255.0)
         names = tuple(dict(self.style_layers + self.content_layers))
         features = self.features(image, names)
         content = sum(weight * content_loss(features[name], self.content_features[name])
@@ -149,8 +152,9 @@ def stylize(model: vgg_jax.VGG, variables: dict, normalization: Normalization, c
             style: jax.Array, *, steps: int = 300, optimizer_name: str = "lbfgs",
             learning_rate: float = ADAM_LEARNING_RATE, **loss_options) -> jax.Array:
     """`content` (H, W, 3) restyled after `style`: (H, W, 3) float32 pixels in [0, 255].
-    `loss_options` are `objective`'s (layers and weights). Pixels move freely during the
-    optimisation (clipping would break L-BFGS's curvature pairs) and are clipped at the end."""
+    `loss_options` are `objective`'s (layers and weights). The optimised pixels are not
+    projected back into [0, 255] between steps (that would break L-BFGS's curvature pairs); the
+    loss sees them clipped, as they are returned."""
     loss = objective(model, variables, normalization, content, style, **loss_options)
 
     def one_step(carry, _):
