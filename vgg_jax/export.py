@@ -37,6 +37,7 @@ from vgg_jax.predict import class_names
 ARTEFACTS = {"logits": "logits.jax", "scores": "scores.jax"}
 WEIGHTS_FILE, SPEC_FILE = "weights.npz", "model.json"
 SEPARATOR = "/"
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")  # jax.export accepts any name, so it is checked here
 
 
 def inference_function(model: vgg_jax.VGG, spec: checkpoints.ModelSpec, dense: bool):
@@ -97,11 +98,14 @@ def main(argv=None) -> int:
                         help="a training workdir, model directory, pretrained:NAME or weight file")
     parser.add_argument("--out", required=True, help="the folder to write the artefacts to")
     parser.add_argument("--arch", help="a weight file's architecture, e.g. vgg16")
-    parser.add_argument("--platforms", default="cpu,cuda", help="comma-separated: cpu, cuda, rocm, tpu")
+    parser.add_argument("--platforms", default="cpu,cuda", help=f"comma-separated, of {', '.join(PLATFORMS)}")
     args = parser.parse_args(argv)
+    platforms = tuple(args.platforms.split(","))
+    if not set(platforms) <= set(PLATFORMS):
+        parser.error(f"unknown platforms {sorted(set(platforms) - set(PLATFORMS))}; choose from {PLATFORMS}")
     try:
         model, variables, spec = loading.load(weights.resolve(args.checkpoint), arch=args.arch)
-        artefacts, flat, description = export_model(model, variables, spec, tuple(args.platforms.split(",")))
+        artefacts, flat, description = export_model(model, variables, spec, platforms)
         write(args.out, artefacts, flat, description)
     except (ValueError, OSError) as error:  # CheckpointError and WeightsError are ValueErrors
         print(f"error: {error}", file=sys.stderr)

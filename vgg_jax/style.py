@@ -121,7 +121,7 @@ def objective(model: vgg_jax.VGG, variables: dict, normalization: Normalization,
                          content_features=content_features)
 
 
-def optimizer(name: str, learning_rate: float = ADAM_LEARNING_RATE) -> optax.GradientTransformationExtraArgs:
+def make_optimizer(name: str, learning_rate: float = ADAM_LEARNING_RATE) -> optax.GradientTransformationExtraArgs:
     """optax's L-BFGS (its zoom line search picks each step; learning_rate unused) or Adam."""
     if name == "lbfgs":
         return optax.lbfgs()
@@ -130,16 +130,16 @@ def optimizer(name: str, learning_rate: float = ADAM_LEARNING_RATE) -> optax.Gra
     raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
 
 
-def start(content: jax.Array, optimizer_name: str, learning_rate: float = ADAM_LEARNING_RATE):
+def start(content: jax.Array, optimizer: str, learning_rate: float = ADAM_LEARNING_RATE):
     """(image, optimizer state) before the first step: the content image's pixels."""
     image = jnp.asarray(content, jnp.float32)
-    return image, optimizer(optimizer_name, learning_rate).init(image)
+    return image, make_optimizer(optimizer, learning_rate).init(image)
 
 
-def step(loss: Objective, image: jax.Array, state, optimizer_name: str,
+def step(loss: Objective, image: jax.Array, state, optimizer: str,
          learning_rate: float = ADAM_LEARNING_RATE):
     """One optimiser step: (image, state, loss at the image it started from)."""
-    transform = optimizer(optimizer_name, learning_rate)
+    transform = make_optimizer(optimizer, learning_rate)
     if optax.tree.get(state, "value") is not None:  # L-BFGS's line search already evaluated it
         value, grad = optax.value_and_grad_from_state(loss)(image, state=state)
     else:
@@ -149,7 +149,7 @@ def step(loss: Objective, image: jax.Array, state, optimizer_name: str,
 
 
 def stylize(model: vgg_jax.VGG, variables: dict, normalization: Normalization, content: jax.Array,
-            style: jax.Array, *, steps: int = 300, optimizer_name: str = "lbfgs",
+            style: jax.Array, *, steps: int = 300, optimizer: str = "lbfgs",
             learning_rate: float = ADAM_LEARNING_RATE, **loss_options) -> jax.Array:
     """`content` (H, W, 3) restyled after `style`: (H, W, 3) float32 pixels in [0, 255].
     `loss_options` are `objective`'s (layers and weights). The optimised pixels are not
@@ -158,8 +158,8 @@ def stylize(model: vgg_jax.VGG, variables: dict, normalization: Normalization, c
     loss = objective(model, variables, normalization, content, style, **loss_options)
 
     def one_step(carry, _):
-        image, state, _ = step(loss, *carry, optimizer_name, learning_rate)
+        image, state, _ = step(loss, *carry, optimizer, learning_rate)
         return (image, state), None
 
-    (image, _), _ = jax.lax.scan(one_step, start(content, optimizer_name, learning_rate), length=steps)
+    (image, _), _ = jax.lax.scan(one_step, start(content, optimizer, learning_rate), length=steps)
     return jnp.clip(image, 0.0, 255.0)
