@@ -217,3 +217,9 @@ def test_cli_unreadable_image_is_a_one_line_error(narrow_model_dir, photos, tmp_
     error = capsys.readouterr().err.strip()
     assert code == 1 and error.startswith("error:") and "\n" not in error and "broken.jpg" in error
     assert not (tmp_path / "out.png").exists()
+
+
+def test_unknown_pool_is_refused():
+    """Catches a misspelt pool silently falling back to max-pooling."""
+    with pytest.raises(ValueError, match="unknown pool 'mean'"):
+        vgg_jax.vgg19(pool="mean")
