@@ -97,16 +97,15 @@ def test_gram_matrices_and_losses_equal_the_pytorch_tutorial(vgg19_file, pool):
     loss = jax.jit(style.objective, static_argnums=(0, 2), static_argnames="style_weight")(
         model, variables, TORCHVISION, content, style_image, style_weight=STYLE_WEIGHT)
     terms = jax.jit(style.Objective.terms)(loss, image)
-    ours, theirs = {}, {}
-    for name, pixels in (("content", content), ("style", style_image), ("image", image)):
-        theirs[name] = tutorial_activations(reference, pixels)
+    theirs = {name: tutorial_activations(reference, pixels)
+              for name, pixels in (("content", content), ("style", style_image), ("image", image))}
 
     expected_style, style_bound = 0.0, 0.0
     for name, weight in style.STYLE_LAYERS.items():
         (target, target_depth), (features, depth) = theirs["style"][name], theirs["image"][name]
         target_gram = tutorial_gram(target)
-        assert_close = np.testing.assert_allclose
-        assert_close(loss.style_grams[name][0], target_gram.numpy(), rtol=0, atol=gram_error(target, target_depth))
+        np.testing.assert_allclose(loss.style_grams[name][0], target_gram.numpy(), rtol=0,
+                                   atol=gram_error(target, target_depth))
         mse = torch.nn.functional.mse_loss(tutorial_gram(features), target_gram).item()
         expected_style += STYLE_WEIGHT * weight * mse
         style_bound += STYLE_WEIGHT * weight * mse_error(
