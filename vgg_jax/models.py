@@ -33,7 +33,7 @@ LAYOUTS: dict[str, tuple[tuple[int, ...], ...]] = {
     "E": ((3, 3), (3, 3), (3, 3, 3, 3), (3, 3, 3, 3), (3, 3, 3, 3)),
 }
 FC_WIDTH = 4096
-DOWNSAMPLING = 2 ** len(BLOCK_WIDTHS)  # five 2x2 max-pools
+DOWNSAMPLING = 2 ** len(BLOCK_WIDTHS)  # five 2x2 pools
 
 # The paper's LRN (AlexNet form): a / (k + alpha * sum over n neighbouring channels of a^2)^beta.
 LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K = 5, 1e-4, 0.75, 2.0
@@ -54,15 +54,29 @@ def local_response_norm(x: jax.Array) -> jax.Array:
     return (x.astype(jnp.float32) / scale).astype(x.dtype)
 
 
-def max_pool_2x2(x: jax.Array) -> jax.Array:
-    """2x2 max-pooling with stride 2 of NHWC maps, dropping an odd last row or column (as
-    `nn.max_pool(x, (2, 2), (2, 2))`). Written as a reshape and a max because XLA:CPU
-    differentiates that 4-10x faster than a max reduce_window (select-and-scatter). Tied maxima
-    share the gradient instead of one taking it all; after a ReLU ties are zeros, whose
-    gradient the ReLU stops anyway."""
+def pool_windows_2x2(x: jax.Array) -> jax.Array:
+    """(N, H, W, C) -> (N, H//2, 2, W//2, 2, C): the 2x2 stride-2 windows of NHWC maps, an odd
+    last row or column dropped (as `nn.max_pool(x, (2, 2), (2, 2))`). Pooling is a reduction
+    over axes 2 and 4 of this view, which XLA:CPU differentiates 4-10x faster than a
+    reduce_window (select-and-scatter for the max)."""
     n, height, width, channels = x.shape
     x = x[:, : height // 2 * 2, : width // 2 * 2]
-    return x.reshape(n, height // 2, 2, width // 2, 2, channels).max(axis=(2, 4))
+    return x.reshape(n, height // 2, 2, width // 2, 2, channels)
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 max-pooling with stride 2. Tied maxima share the gradient instead of one taking it
+    all; after a ReLU ties are zeros, whose gradient the ReLU stops anyway."""
+    return pool_windows_2x2(x).max(axis=(2, 4))
+
+
+def avg_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 average pooling with stride 2: Gatys et al.'s choice for image synthesis, where it
+    passes gradient to every position of a window."""
+    return pool_windows_2x2(x).mean(axis=(2, 4))
+
+
+POOLS = {"max": max_pool_2x2, "avg": avg_pool_2x2}
 
 
 def sliding_windows(x: jax.Array, window: int) -> jax.Array:
@@ -97,7 +111,7 @@ def initializers(scheme: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 class ConvBlock(nn.Module):
     """One block of VGG's conv stack: its convs (each with BN if batch_norm, then ReLU; LRN after
-    conv1_1 if lrn), then the 2x2 max-pool. Its layers are named conv{block}_{i}, bn{block}_{i}."""
+    conv1_1 if lrn), then the 2x2 max- or average-pool. Its layers are named conv{block}_{i}, bn{block}_{i}."""
 
     block: int
     kernels: tuple[int, ...]
@@ -108,6 +122,7 @@ class ConvBlock(nn.Module):
     init_scheme: str
     dtype: Any
     conv_algorithm: str = "direct"
+    pool: str = "max"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -126,7 +141,7 @@ class ConvBlock(nn.Module):
             if self.lrn and name == "1_1":
                 x = local_response_norm(x)
                 self.sow("intermediates", "norm1", x)
-        x = max_pool_2x2(x)
+        x = POOLS[self.pool](x)
         self.sow("intermediates", f"pool{self.block}", x)
         return x
 
@@ -161,6 +176,8 @@ class VGG(nn.Module):
     remat: bool = False  # recompute each conv block's activations in the backward pass (less memory)
     # "winograd": F(4x4, 3x3) on the float32 3x3 layers where it is faster on CPU (vgg_jax.winograd)
     conv_algorithm: str = "direct"
+    # "avg": average instead of max pooling (Gatys et al.'s style transfer); the same weights serve both
+    pool: str = "max"
 
     def __post_init__(self):
         if self.layout not in LAYOUTS:
@@ -175,6 +192,8 @@ class VGG(nn.Module):
             raise ValueError(f"width must be > 0, got {self.width}")
         if self.conv_algorithm not in CONV_ALGORITHMS:
             raise ValueError(f"unknown conv_algorithm {self.conv_algorithm!r}; choose one of {CONV_ALGORITHMS}")
+        if self.pool not in POOLS:
+            raise ValueError(f"unknown pool {self.pool!r}; choose one of {sorted(POOLS)}")
         initializers(self.init_scheme)  # fail early on an unknown scheme
         super().__post_init__()
 
@@ -193,7 +212,7 @@ class VGG(nn.Module):
         if not self.include_top:  # the conv stack alone takes any image of at least 32 px
             size = DOWNSAMPLING
         if dense or not self.include_top:
-            if min(height, width) < size:
+            if height < size or width < size:  # not min(): symbolic sizes (jax.export) compare one at a time
                 raise ValueError(
                     f"images of shape {images.shape} are too small: the head needs at least "
                     f"(N, {size}, {size}, 3)")
@@ -213,7 +232,7 @@ class VGG(nn.Module):
         for block, kernels in enumerate(LAYOUTS[self.layout], start=1):
             conv_block = block_class(block, kernels, self.scaled(BLOCK_WIDTHS[block - 1]), self.batch_norm,
                                      self.lrn, not train or frozen_backbone, self.init_scheme, self.dtype,
-                                     self.conv_algorithm)
+                                     self.conv_algorithm, self.pool)
             nn.share_scope(self, conv_block)
             x = conv_block(x)
         if not self.include_top:

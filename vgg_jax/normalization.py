@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 IMAGENET_MEAN_RGB = (123.68, 116.779, 103.939)  # the paper's training-set mean (0-255)
 
 
@@ -15,6 +17,12 @@ class Normalization:
     mean_rgb: tuple[float, float, float] = IMAGENET_MEAN_RGB
     std_rgb: tuple[float, float, float] = (1.0, 1.0, 1.0)
     bgr: bool = False  # Caffe/Keras weights take BGR channels
+
+    def apply(self, pixels):
+        """(pixels - mean) / std per RGB channel, then RGB -> BGR for weights that expect it: model
+        inputs from float pixels on a 0-255 scale, as NumPy, JAX or TensorFlow arrays alike."""
+        image = (pixels - np.float32(self.mean_rgb)) / np.float32(self.std_rgb)
+        return image[..., ::-1] if self.bgr else image
 
     def to_dict(self) -> dict:
         return {"mean_rgb": list(self.mean_rgb), "std_rgb": list(self.std_rgb), "bgr": self.bgr}

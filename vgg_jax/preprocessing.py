@@ -98,6 +98,5 @@ def pca_color_shift(image: tf.Tensor, std: float, seed) -> tf.Tensor:
 
 
 def normalize(image: tf.Tensor, normalization: Normalization) -> tf.Tensor:
-    """(image - mean) / std per RGB channel, then RGB -> BGR for weights that expect it."""
-    image = (tf.cast(image, tf.float32) - normalization.mean_rgb) / normalization.std_rgb
-    return image[..., ::-1] if normalization.bgr else image
+    """The weights' input convention (`Normalization.apply`) on a TensorFlow image."""
+    return normalization.apply(tf.cast(image, tf.float32))
