@@ -7,6 +7,8 @@ are stateless and take a `seed` of shape [2], so an example's augmentation is a 
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import tensorflow as tf
 
@@ -101,3 +103,11 @@ def normalize(image: tf.Tensor, normalization: Normalization) -> tf.Tensor:
     """(image - mean) / std per RGB channel, then RGB -> BGR for weights that expect it."""
     image = (tf.cast(image, tf.float32) - normalization.mean_rgb) / normalization.std_rgb
     return image[..., ::-1] if normalization.bgr else image
+
+
+def evaluation_input(image: np.ndarray | str, scale: int, normalization: Normalization) -> np.ndarray:
+    """float32 (1, h, w, 3) model input of one image (a file path, or uint8 HxWx3) at test scale
+    `scale`: rescaled so that its smallest side is `scale`, normalised as the weights expect."""
+    if not isinstance(image, np.ndarray):
+        image = load_image_file(os.fspath(image))
+    return normalize(rescale_smallest_side(image, scale), normalization).numpy()[None]
