@@ -139,7 +139,7 @@ def heatmap_path(path: str, image_path: str, several: bool) -> str:
 
 def write_heatmap(path: str, image: np.ndarray, scores: np.ndarray, name: str, scale: int) -> None:
     """The class `name`'s score map (h, w) at test scale `scale` over the image, with its legend."""
-    title = f"{name}: class score at Q={scale}"
+    title = f"top class: {name} (its score map at Q={scale})"
     figure(heatmap(image, scores), title, float(scores.min()), float(scores.max())).save(path)
 
 
