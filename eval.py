@@ -108,10 +108,12 @@ def main(argv):
         sys.exit(f"error: {error}")
     import jax  # TensorFlow and JAX: seconds to import
 
-    from vgg_jax import checkpoints, evaluation
+    from vgg_jax import checkpoints, evaluation, loading
 
     command_line.initialize_processes()
     try:
+        for path in paths:  # a wrong source is named before the data are looked for
+            loading.classify(path)
         config = data_config(FLAGS, paths)
         results = evaluation.run(config, paths, scales, arch=FLAGS.arch, batch_size=FLAGS.batch_size,
                                  num_images=FLAGS.num_images)

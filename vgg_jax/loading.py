@@ -21,38 +21,41 @@ from vgg_jax.weights import conversion, download, registry
 PRETRAINED_PREFIX = "pretrained:"
 
 
-def pretrained_name(path: str) -> str | None:
-    """The set a source names (`pretrained:NAME`, or a bare NAME that is no file or directory)."""
+def classify(source: str | os.PathLike) -> tuple[str, str]:
+    """('directory', path), ('file', path) or ('pretrained', NAME); a CheckpointError naming a
+    source that is none of them (checked before any reading)."""
+    path = os.fspath(source)
     if path.startswith(PRETRAINED_PREFIX):
-        return path[len(PRETRAINED_PREFIX):]
-    if os.path.exists(path) or os.sep in path or "/" in path or os.path.splitext(path)[1]:
-        return None
-    return path
+        return "pretrained", path[len(PRETRAINED_PREFIX):]  # an unknown NAME: WeightsError on loading
+    if os.path.isdir(path):
+        return "directory", path
+    if os.path.isfile(path):
+        return "file", path
+    if os.sep in path or "/" in path or os.path.splitext(path)[1]:
+        raise checkpoints.CheckpointError(f"no checkpoint directory at {path}, nor a weight file: give a training "
+                                          "workdir, a model directory, a weight file or pretrained:NAME")
+    if path not in registry.WEIGHT_SETS:
+        raise checkpoints.CheckpointError(f"{path!r} is no checkpoint directory, weight file or pretrained set; "
+                                          f"the pretrained sets are {', '.join(registry.WEIGHT_SETS)}")
+    return "pretrained", path
 
 
 def load_variables(source: str | os.PathLike, arch: str | None = None) -> tuple[dict, checkpoints.ModelSpec, str]:
     """(variables, spec, origin) of `source` (see the module docstring); origin names what was
-    read, e.g. 'runs/default (step 352)'. A source that is none of those raises CheckpointError, an
-    unknown `pretrained:NAME` WeightsError (both ValueErrors), naming it."""
-    path = os.fspath(source)
-    name = pretrained_name(path)
-    if name is not None:
-        if name not in registry.WEIGHT_SETS and not path.startswith(PRETRAINED_PREFIX):
-            raise checkpoints.CheckpointError(f"{path!r} is no checkpoint directory, weight file or pretrained "
-                                              f"set; the pretrained sets are {', '.join(registry.WEIGHT_SETS)}")
-        variables, spec, step = checkpoints.load_variables(download.ensure_model(name))
-        return variables, spec, f"{PRETRAINED_PREFIX}{name} (step {step})"
-    if os.path.isdir(path):
+    read, e.g. 'runs/default (step 352)'. A source that is none of those raises CheckpointError,
+    an unknown `pretrained:NAME` WeightsError (both ValueErrors), naming it."""
+    kind, path = classify(source)
+    if kind == "pretrained":
+        variables, spec, step = checkpoints.load_variables(download.ensure_model(path))
+        return variables, spec, f"{PRETRAINED_PREFIX}{path} (step {step})"
+    if kind == "directory":
         variables, spec, step = checkpoints.load_variables(path)
         return variables, spec, f"{path} (step {step})"
-    if os.path.isfile(path):
-        if arch is None:
-            raise ValueError(f"{path} is a weight file: name its architecture (arch='vgg16', --arch=vgg16)")
-        variables, convention = conversion.import_weights(path, arch)
-        fields = conversion.head_fields(variables["params"], vgg_jax.create_model(arch))
-        return variables, checkpoints.ModelSpec(arch, fields, None, convention), f"{path} ({arch})"
-    raise checkpoints.CheckpointError(f"no checkpoint directory at {path}, nor a weight file: give a training "
-                                      "workdir, a model directory, a weight file or pretrained:NAME")
+    if arch is None:
+        raise ValueError(f"{path} is a weight file: name its architecture (arch='vgg16', --arch=vgg16)")
+    variables, convention = conversion.import_weights(path, arch)
+    fields = conversion.head_fields(variables["params"], vgg_jax.create_model(arch))
+    return variables, checkpoints.ModelSpec(arch, fields, None, convention), f"{path} ({arch})"
 
 
 def fitted_model(spec: checkpoints.ModelSpec, variables: dict, origin: str, **overrides) -> vgg_jax.VGG:
