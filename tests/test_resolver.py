@@ -84,7 +84,7 @@ def test_nnx_and_lpips_load_every_kind(world, kind):
     sources, expected, _ = world
     module, spec = vgg_jax.nnx.load(sources[kind], arch="vgg16")
     assert spec.arch == "vgg16"
-    assert_same_variables(nnx.state(module, nnx.Param).to_pure_dict(), expected["params"])
+    assert_same_variables(nnx.to_pure_dict(nnx.state(module, nnx.Param)), expected["params"])
     params = lpips.load(sources[kind], linear=lpips.installed_linear_path())
     convs = {layer: values for layer, values in expected["params"].items() if layer.startswith("conv")}
     assert_same_variables(params.variables["params"], convs)
