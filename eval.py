@@ -3,13 +3,14 @@
   python eval.py --workdir DIR                                  # a training run: its config.json, best step
   python eval.py --checkpoint A --checkpoint B                  # an ensemble of A and B
   python eval.py --checkpoint models/vgg16 --dataset imagenet2012 --data_dir ~/tensorflow_datasets
-  python eval.py --checkpoint pretrained:vgg16 --dataset imagenet2012   # fetched on first use
+  python eval.py --checkpoint pretrained:vgg16 --dataset imagenet2012   # fetched on first use (or just vgg16)
+  python eval.py --checkpoint vgg16-397923af.pth --arch vgg16 --dataset imagenet2012   # a weight file
   python eval.py ... --scales 256,384,512 --out DIR
 
 Prints the top-1/top-5 error table and writes it to eval_results.json and eval_results.csv in
 --out (default: the workdir, else the current directory). The data come from --config when it
-is given, else from the first checkpoint's training config.json, else (an imported model
-directory) from --dataset. Default test scales: from the training scales (S-32, S, S+32 or Smin,
+is given, else from the first checkpoint's training config.json, else (imported or pretrained
+weights) from --dataset. Default test scales: from the training scales (S-32, S, S+32 or Smin,
 (Smin+Smax)/2, Smax); without them (imported weights) Q = 256, 384, 512 for a 224 crop.
 --dataset, --data_dir and --split override the config's data source, tfds data_dir and eval_split.
 Several processes (--coordinator, or a TPU pod / SLURM job) each evaluate their shard of the split.
@@ -25,10 +26,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 from ml_collections import ConfigDict, config_flags  # noqa: E402
 
+from vgg_jax import command_line  # noqa: E402
+
 config_flags.DEFINE_config_file("config", "configs/default.py", "ml_collections config file (default: "
                                 "the first checkpoint's config.json, else the digits config's fields)")
 flags.DEFINE_string("workdir", None, "a training workdir to evaluate (and write the results to)")
-flags.DEFINE_multi_string("checkpoint", [], "a workdir, model directory or pretrained:NAME; repeat for an ensemble")
+flags.DEFINE_multi_string("checkpoint", [], "a workdir, model directory, weight file (with --arch), "
+                          "pretrained:NAME or NAME; repeat for an ensemble")
+flags.DEFINE_string("arch", None, "the architecture of --checkpoint weight files (.pth, .safetensors, .h5)")
 flags.DEFINE_string("dataset", None, "data source: a tfds name ('imagenet2012'), 'digits' or 'folder:PATH'")
 flags.DEFINE_string("data_dir", None, "tfds data_dir")
 flags.DEFINE_string("split", None, "the split to evaluate (default: the config's eval_split; "
@@ -39,14 +44,15 @@ flags.DEFINE_string("out", None, "directory for eval_results.json and eval_resul
 flags.DEFINE_integer("batch_size", 8, "images per batch (50 crops each for multi-crop); a multiple "
                      "of the device count")
 flags.DEFINE_integer("num_images", None, "evaluate only the first N images of the split")
-flags.DEFINE_string("coordinator", None, "host:port of process 0 for a multi-process evaluation; "
-                    "otherwise jax.distributed picks up TPU/SLURM environments by itself")
-flags.DEFINE_integer("num_processes", None, "processes in a multi-process evaluation")
-flags.DEFINE_integer("process_id", None, "this process's index in a multi-process evaluation")
+command_line.define_process_flags()
+flags.adopt_module_key_flags(command_line)  # listed by --help with the flags below
 
 
 def training_config(path: str) -> ConfigDict | None:
-    """The config.json a training run left in its workdir, if any."""
+    """The config.json a training run left in its workdir, if any (weight files and pretrained
+    names have none)."""
+    if not os.path.isdir(path):
+        return None
     try:
         with open(os.path.join(path, "config.json")) as f:
             return ConfigDict(json.load(f))
@@ -84,13 +90,10 @@ def parse_scales(values: list[str]) -> list[int]:
 
 
 def check_arguments(FLAGS) -> tuple[list[str], list[int]]:
-    """(checkpoint paths, scales), or ValueError naming the bad argument (before the heavy imports)."""
+    """(model sources, scales), or ValueError naming the bad argument (before the heavy imports)."""
     paths = ([FLAGS.workdir] if FLAGS.workdir else []) + FLAGS.checkpoint
     if not paths:
-        raise ValueError("nothing to evaluate: give --workdir=DIR or --checkpoint=DIR")
-    for path in paths:
-        if not path.startswith("pretrained:") and not os.path.isdir(path):
-            raise ValueError(f"no checkpoint directory at {path}: give a training workdir or a model directory")
+        raise ValueError("nothing to evaluate: give --workdir=DIR or --checkpoint=SOURCE")
     return paths, parse_scales(FLAGS.scales)
 
 
@@ -105,13 +108,15 @@ def main(argv):
         sys.exit(f"error: {error}")
     import jax  # TensorFlow and JAX: seconds to import
 
-    from vgg_jax import checkpoints, evaluation, sharding, weights
+    from vgg_jax import checkpoints, evaluation, loading
 
-    sharding.initialize_processes(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+    command_line.initialize_processes()
     try:
-        paths = [weights.resolve(path) for path in paths]  # pretrained:NAME -> its cached model directory
+        for path in paths:  # a wrong source is named before the data are looked for
+            loading.classify(path)
         config = data_config(FLAGS, paths)
-        results = evaluation.run(config, paths, scales, batch_size=FLAGS.batch_size, num_images=FLAGS.num_images)
+        results = evaluation.run(config, paths, scales, arch=FLAGS.arch, batch_size=FLAGS.batch_size,
+                                 num_images=FLAGS.num_images)
     except (checkpoints.CheckpointError, ValueError) as error:  # WeightsError is a ValueError
         sys.exit(f"error: {error}")
     if jax.process_index() == 0:  # every process evaluated its shard; the table is the whole split's

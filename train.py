@@ -1,4 +1,12 @@
-"""Train a VGG: `python train.py [--config configs/X.py[:arg]] [--workdir DIR] [--config.a.b=v]`."""
+"""Train a VGG.
+
+  python train.py                                           # the offline quickstart -> runs/default
+  python train.py --config configs/vgg16.py:256             # the paper's net D at S = 256 -> runs/vgg16_s256
+  python train.py --workdir runs/quick --config.train.num_epochs=5 --config.model.dtype=bfloat16
+
+Any config field can be overridden with --config.<section>.<field>=value; a run resumes from its
+workdir. Several hosts: --coordinator=host:port --num_processes=N --process_id=i.
+"""
 
 import logging
 import os
@@ -9,13 +17,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from vgg_jax import command_line  # noqa: E402
+
 config_flags.DEFINE_config_file("config", "configs/default.py", "ml_collections config file")
 flags.DEFINE_string("workdir", None, "checkpoints, TensorBoard events, config.json and results.json "
                     "(default: runs/<config name>)")
-flags.DEFINE_string("coordinator", None, "host:port of process 0 for a multi-process job; "
-                    "otherwise jax.distributed picks up TPU/SLURM environments by itself")
-flags.DEFINE_integer("num_processes", None, "processes in a multi-process job")
-flags.DEFINE_integer("process_id", None, "this process's index in a multi-process job")
+command_line.define_process_flags()
+flags.adopt_module_key_flags(command_line)  # listed by --help with the flags below
 
 
 def ignore_closed_event_loops(unraisable):
@@ -27,9 +35,9 @@ def ignore_closed_event_loops(unraisable):
 
 def main(argv):
     del argv
-    from vgg_jax import sharding, training
+    from vgg_jax import training
 
-    sharding.initialize_processes(flags.FLAGS.coordinator, flags.FLAGS.num_processes, flags.FLAGS.process_id)
+    command_line.initialize_processes()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save at INFO
     logging.getLogger("absl").addFilter(training.without_orbax_tracebacks)

@@ -54,7 +54,7 @@ def get_config():
     config.train.max_lr_drops = 3  # the paper: three drops, then training stops at the next plateau
     config.train.step_epochs = ()  # LR / 10 at these epochs, for schedule='step'
     config.train.backbone_lr_multiplier = 1.0  # transfer: 0 freezes all but fc8
-    config.train.init_from = ""  # a workdir or model directory to copy layers from
+    config.train.init_from = ""  # copy layers from: a workdir, model directory, pretrained:NAME or a weight file of model.arch
     config.train.init_layers = "net_a"  # 'net_a' (paper), 'all', 'backbone', or 'conv1_1,fc6,...'
     config.train.eval_every_epochs = 2.0
     config.train.eval_batch_size = 256

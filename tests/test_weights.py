@@ -315,7 +315,7 @@ def test_cli_writes_a_model_directory_with_a_new_classifier(tmp_path, capsys):
     reference = TorchvisionVGG("vgg11", window=1, num_classes=10)
     torch.save(reference.state_dict(), tmp_path / "vgg11.pth")
     main(["import", str(tmp_path / "vgg11.pth"), "--arch", "vgg11", "--out", str(tmp_path / "model"),
-          "--num-classes", "5"])
+          "--num_classes", "5"])
     assert "wrote" in capsys.readouterr().out
     model, variables, spec = checkpoints.load_model(tmp_path / "model")
     assert (spec.arch, spec.normalization, model.num_classes, model.image_size) == (

@@ -33,8 +33,12 @@ def create_model(arch: str, **kwargs) -> VGG:
 
 
 def __getattr__(name: str):
-    """`pretrained` and `import_weights` from vgg_jax.weights, imported on first use (it brings
-    orbax, h5py and safetensors, which a plain `import vgg_jax` does not need)."""
+    """`load` (vgg_jax.loading), `pretrained` and `import_weights` (vgg_jax.weights), imported on
+    first use (they bring orbax, h5py and safetensors, which a plain `import vgg_jax` does not need)."""
+    if name == "load":
+        from vgg_jax import loading
+
+        return loading.load
     if name in ("pretrained", "import_weights"):
         from vgg_jax import weights
 
@@ -43,4 +47,4 @@ def __getattr__(name: str):
 
 
 __all__ = ["VGG", "LAYOUTS", "COMPILER_OPTIONS", "jit", "ARCHITECTURES", "create_model", "imagenet_class_names",
-           "pretrained", "import_weights", *ARCHITECTURES]
+           "load", "pretrained", "import_weights", *ARCHITECTURES]

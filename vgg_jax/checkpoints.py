@@ -4,7 +4,8 @@ A model directory is an orbax CheckpointManager root whose steps hold two items:
 - 'state': a pytree with at least 'params' (and 'batch_stats' for BN nets); training adds
   the optimiser state, the step and the dropout key;
 - 'meta': JSON with the ModelSpec (architecture, model fields, class names, normalisation),
-  plus whatever the trainer needs to resume (plateau tracking, epoch).
+  plus, for a training run, its progress (best validation top-1 and plateau count, learning-rate
+  drops, the newest validation metrics, why it stopped).
 A training workdir keeps its model directory at `workdir/checkpoints`; every loader here
 accepts either.
 """
@@ -54,6 +55,14 @@ class ModelSpec:
 
     def build(self, **overrides) -> vgg_jax.VGG:
         return vgg_jax.create_model(self.arch, **{**self.model_kwargs, **overrides})
+
+    def preprocess(self, image: np.ndarray | str | os.PathLike, scale: int | None = None) -> np.ndarray:
+        """The evaluation preprocessing these weights need, in one call: an image file or a uint8
+        HxWx3 array -> a float32 (1, h, w, 3) batch whose smallest side is `scale` (the test scale
+        Q; default the model's image_size), normalised as the weights expect."""
+        from vgg_jax import preprocessing  # TensorFlow: only for those who preprocess here
+
+        return preprocessing.evaluation_input(image, scale or self.build().image_size, self.normalization)
 
     def to_dict(self) -> dict:
         return {"arch": self.arch, "model_kwargs": self.model_kwargs,

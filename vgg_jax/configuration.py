@@ -17,7 +17,6 @@ from vgg_jax import input_pipeline
 
 SCHEDULES = ("plateau", "step", "cosine")
 DTYPES = ("float32", "bfloat16")
-INIT_SCHEMES = ("paper", "glorot", "kaiming")
 
 
 class ConfigError(ValueError):
@@ -42,7 +41,8 @@ def model_problems(model) -> list[str]:
         problems.append(f"model.image_size={model.image_size!r} must be a multiple of 32 (five 2x2 poolings), at least 32")
     if not 0 <= model.dropout_rate < 1:
         problems.append(f"model.dropout_rate={model.dropout_rate!r} must be in [0, 1)")
-    problems += one_of("model.dtype", model.dtype, DTYPES) + one_of("model.init_scheme", model.init_scheme, INIT_SCHEMES)
+    problems += one_of("model.dtype", model.dtype, DTYPES)
+    problems += one_of("model.init_scheme", model.init_scheme, vgg_jax.models.INIT_SCHEMES)
     if not isinstance(model.num_classes, int) or model.num_classes < 0:
         problems.append(f"model.num_classes={model.num_classes!r} must be 0 (the dataset's) or a positive count")
     problems += one_of("model.conv_algorithm", model.conv_algorithm, vgg_jax.models.CONV_ALGORITHMS)

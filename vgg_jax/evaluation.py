@@ -45,7 +45,7 @@ import tqdm
 from jax.experimental import multihost_utils
 
 import vgg_jax
-from vgg_jax import checkpoints, compilation, input_pipeline, models, sharding
+from vgg_jax import checkpoints, compilation, input_pipeline, loading, models, sharding
 
 log = logging.getLogger("vgg_jax.eval")
 
@@ -65,11 +65,10 @@ class Member:
     source: str
 
 
-def load_member(path: str) -> Member:
-    """The best (else latest) step of a training workdir or model directory."""
-    step = checkpoints.default_step(checkpoints.model_root(path))
-    model, variables, spec = checkpoints.load_model(path, step)
-    return Member(model, variables, spec, f"{path} (step {step})")
+def load_member(source: str, arch: str | None = None) -> Member:
+    """The net at `source`, anything `vgg_jax.load` takes (a workdir's best, else latest, step)."""
+    variables, spec, origin = loading.load_variables(source, arch)
+    return Member(loading.fitted_model(spec, variables, origin), variables, spec, origin)
 
 
 # --- test scales ------------------------------------------------------------------------------
@@ -354,10 +353,10 @@ def check_classes(members: Sequence[Member], num_classes: int, dataset: str) -> 
                 f"has {num_classes}")
 
 
-def run(config, paths: Sequence[str], scales: Sequence[int] = (), **kwargs) -> dict:
-    """Loads the checkpoints at `paths` and evaluates their ensemble at `scales` (default: the
-    paper's three, from the config's training scales)."""
-    members = [load_member(path) for path in paths]
+def run(config, sources: Sequence[str], scales: Sequence[int] = (), arch: str | None = None, **kwargs) -> dict:
+    """Loads the nets at `sources` (weight files as `arch`'s) and evaluates their ensemble at
+    `scales` (default: the paper's three, from the config's training scales)."""
+    members = [load_member(source, arch) for source in sources]
     crop = max(member.model.image_size for member in members)
     scales, dropped = choose_scales(config.data, crop, scales)
     if dropped:

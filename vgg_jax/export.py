@@ -31,7 +31,7 @@ import numpy as np
 from flax import traverse_util
 
 import vgg_jax
-from vgg_jax import checkpoints, loading, weights
+from vgg_jax import checkpoints, loading
 from vgg_jax.predict import class_names
 
 ARTEFACTS = {"logits": "logits.jax", "scores": "scores.jax"}
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     if not set(platforms) <= set(PLATFORMS):
         parser.error(f"unknown platforms {sorted(set(platforms) - set(PLATFORMS))}; choose from {PLATFORMS}")
     try:
-        model, variables, spec = loading.load(weights.resolve(args.checkpoint), arch=args.arch)
+        model, variables, spec = loading.load(args.checkpoint, arch=args.arch)
         artefacts, flat, description = export_model(model, variables, spec, platforms)
         write(args.out, artefacts, flat, description)
     except (ValueError, OSError) as error:  # CheckpointError and WeightsError are ValueErrors

@@ -68,8 +68,8 @@ def read_linear(path: str, channels: list[int]) -> tuple[jax.Array, ...]:
 
 
 def load(backbone: str | os.PathLike = "vgg16", linear: str | os.PathLike | None = None) -> Params:
-    """LPIPS on `backbone`: a name `vgg_jax.pretrained` knows, a model directory, or a vgg16
-    weight file; `linear` the reference's linear-layer weights (default: the installed lpips's)."""
+    """LPIPS on `backbone`, any source `vgg_jax.load` takes (a weight file is read as vgg16's);
+    `linear` the reference's linear-layer weights (default: the installed lpips's)."""
     model, variables, spec = loading.load(backbone, arch="vgg16")
     if spec.arch != "vgg16":
         raise ValueError(f"LPIPS's VGG variant is defined on vgg16 features; {backbone} is {spec.arch}")

@@ -38,7 +38,7 @@ DOWNSAMPLING = 2 ** len(BLOCK_WIDTHS)  # five 2x2 pools
 # The paper's LRN (AlexNet form): a / (k + alpha * sum over n neighbouring channels of a^2)^beta.
 LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K = 5, 1e-4, 0.75, 2.0
 
-INITS = ("paper", "glorot", "kaiming")
+INIT_SCHEMES = ("paper", "glorot", "kaiming")
 CONV_ALGORITHMS = ("direct", "winograd")
 
 
@@ -106,7 +106,7 @@ def initializers(scheme: str) -> tuple[dict[str, Any], dict[str, Any]]:
         conv = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
         return (dict(kernel_init=conv, bias_init=zeros),
                 dict(kernel_init=nn.initializers.normal(stddev=0.01), bias_init=zeros))
-    raise ValueError(f"unknown init_scheme {scheme!r}; choose one of {INITS}")
+    raise ValueError(f"unknown init_scheme {scheme!r}; choose one of {INIT_SCHEMES}")
 
 
 class ConvBlock(nn.Module):

@@ -45,7 +45,7 @@ def from_linen(model: vgg_jax.VGG, variables: dict, rngs: nnx.Rngs | None = None
 
 def load(source: str | os.PathLike, arch: str | None = None,
          rngs: nnx.Rngs | None = None) -> tuple[VGG, checkpoints.ModelSpec]:
-    """(module, spec) from a model directory or training workdir, a weight file (with its `arch`),
-    or a name `vgg_jax.pretrained` knows; spec.normalization is how inputs must be normalised."""
+    """(module, spec) from any source `vgg_jax.load` takes (a workdir, a model directory, a weight
+    file with its `arch`, `pretrained:NAME` or NAME); `spec.preprocess(image, scale)` feeds it."""
     model, variables, spec = loading.load(source, arch)
     return from_linen(model, variables, rngs), spec

@@ -7,6 +7,8 @@ are stateless and take a `seed` of shape [2], so an example's augmentation is a 
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import tensorflow as tf
 
@@ -100,3 +102,12 @@ def pca_color_shift(image: tf.Tensor, std: float, seed) -> tf.Tensor:
 def normalize(image: tf.Tensor, normalization: Normalization) -> tf.Tensor:
     """The weights' input convention (`Normalization.apply`) on a TensorFlow image."""
     return normalization.apply(tf.cast(image, tf.float32))
+
+
+def evaluation_input(image: np.ndarray | str, scale: int, normalization: Normalization) -> np.ndarray:
+    """float32 (1, h, w, 3) model input of one image (a file path, or uint8 HxWx3) at test scale
+    `scale`: rescaled so that its smallest side is `scale`, normalised as the weights expect."""
+    if not isinstance(image, np.ndarray):
+        image = load_image_file(os.fspath(image))
+    return normalize(rescale_smallest_side(image, scale), normalization).numpy()[None]
+

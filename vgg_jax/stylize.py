@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import tqdm  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from vgg_jax import loading, style, weights  # noqa: E402
+from vgg_jax import loading, style  # noqa: E402
 from vgg_jax import preprocessing as pp  # noqa: E402
 from vgg_jax.models import POOLS  # noqa: E402
 
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         content, style_image = rescaled(args.content, args.size), rescaled(args.style, args.size)
-        model, variables, spec = loading.load(weights.resolve(args.model), arch="vgg19")
+        model, variables, spec = loading.load(args.model, arch="vgg19")
     except ValueError as error:  # as are CheckpointError and WeightsError
         print(f"error: {error}", file=sys.stderr)
         return 1

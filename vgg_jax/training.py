@@ -27,7 +27,7 @@ import optax
 from clu import metric_writers
 
 import vgg_jax
-from vgg_jax import checkpoints, compilation, configuration, input_pipeline, sharding, weights
+from vgg_jax import checkpoints, compilation, configuration, input_pipeline, loading, sharding, weights
 from vgg_jax.normalization import Normalization
 
 log = logging.getLogger("vgg_jax.train")
@@ -422,14 +422,14 @@ def write_config(run: Run) -> None:
 
 
 def initial_variables(config, model):
-    """Pre-initialisation (init_from: a model directory or `pretrained:NAME`, fetched on first
-    use) for a new run: (variables or None, normalisation or None)."""
+    """Pre-initialisation for a new run from train.init_from, any source `vgg_jax.load` takes (a
+    weight file is read as model.arch's): (variables or None, normalisation or None)."""
     train = config.train
     if not train.init_from:
         return None, None
     try:
-        source, source_spec, _ = checkpoints.load_variables(weights.resolve(train.init_from))
-    except checkpoints.CheckpointError as error:
+        source, source_spec, _ = loading.load_variables(train.init_from, arch=config.model.arch)
+    except ValueError as error:  # CheckpointError and WeightsError are ValueErrors
         raise checkpoints.CheckpointError(f"train.init_from={train.init_from!r}: {error}") from error
     target = compilation.jit(model.init)(jax.random.PRNGKey(train.seed),
                                          jnp.zeros((1, model.image_size, model.image_size, 3)))

@@ -9,9 +9,9 @@ digests), `download` (fetching, verifying, the cache), `cli` (python -m vgg_jax.
 """
 
 from vgg_jax.weights.conversion import head_fields, import_to_checkpoint, import_weights
-from vgg_jax.weights.download import cache_home, ensure_model, pretrained, resolve
+from vgg_jax.weights.download import cache_home, ensure_model, pretrained
 from vgg_jax.weights.errors import WeightsError
 from vgg_jax.weights.registry import WEIGHT_SETS
 
 __all__ = ["WEIGHT_SETS", "WeightsError", "cache_home", "ensure_model", "head_fields",
-           "import_to_checkpoint", "import_weights", "pretrained", "resolve"]
+           "import_to_checkpoint", "import_weights", "pretrained"]

@@ -32,7 +32,6 @@ from vgg_jax.weights.errors import WeightsError
 
 HOME_VARIABLE = "VGG_JAX_HOME"
 MIRROR_VARIABLE = "VGG_JAX_WEIGHTS_MIRROR"
-PRETRAINED_PREFIX = "pretrained:"  # `pretrained:vgg16` wherever a model directory is expected
 CHUNK_BYTES = 1 << 20
 TIMEOUT_S = 60  # per blocking read, not for the whole file
 
@@ -171,9 +170,3 @@ def pretrained(name: str, **overrides):
     `model.apply(variables, images)`; `overrides` are VGG fields (e.g. dtype)."""
     return checkpoints.load_model(ensure_model(name), **overrides)
 
-
-def resolve(path: str) -> str:
-    """`pretrained:NAME` -> that set's cached model directory (fetched if need be); other paths as they are."""
-    if str(path).startswith(PRETRAINED_PREFIX):
-        return ensure_model(str(path)[len(PRETRAINED_PREFIX):])
-    return path
