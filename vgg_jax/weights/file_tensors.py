@@ -26,11 +26,14 @@ class FileTensor:
 
 
 def untrusted(value) -> str:
-    """A short repr of a value taken from a file (a key, a record): never built at full length."""
+    """A short repr of a value taken from a file (a key, a record): never built at full length
+    (reprlib stops at a depth, a length and a count of items)."""
     shorten = reprlib.Repr()
+    shorten.maxlevel = 3
     shorten.maxstring = shorten.maxother = 80
-    shorten.maxlist = shorten.maxtuple = 40
-    return shorten.repr(value)
+    shorten.maxlist = shorten.maxtuple = 20
+    text = shorten.repr(value)
+    return text if len(text) <= 600 else text[:600] + "..."
 
 
 @contextlib.contextmanager

@@ -88,8 +88,8 @@ def child(group, path: str):
         if link is None:
             raise WeightsError(f"{untrusted(path)} is not in the file")
         if not isinstance(link, h5py.HardLink):
-            raise WeightsError(f"{untrusted(node.name + '/' + part)} is a {type(link).__name__}; only objects "
-                               "inside the file are read")
+            raise WeightsError(f"{untrusted(node.name + '/' + part)} is a link ({type(link).__name__}) that HDF5 "
+                               "would follow elsewhere; only hard links inside the file are followed")
         node = node[part]
     return node
 
