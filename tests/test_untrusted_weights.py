@@ -370,3 +370,29 @@ def test_the_hand_written_pickles_are_torch_save_files(tmp_path):
     assert list(state) == [f"features.{index}.{leaf}" for index in VGG11_CONVS for leaf in ("weight", "bias")]
     assert state["features.3.weight"].shape == (128, 64, 3, 3) and state["features.3.weight"].dtype == torch.float16
     assert not any(value.any() for value in state.values())
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_the_checks_accept_what_torch_save_writes(protocol, zip_format, tmp_path):
+    """Catches checks that refuse honest files: every pickle protocol, both formats, a training
+    checkpoint (optimizer state with int keys, a Parameter), and tensors that are transposed,
+    views at an offset, float16 or bfloat16 are read as torch reads them."""
+    torch = pytest.importorskip("torch")
+    from vgg_jax.weights.torch_files import open_torch
+
+    generator = torch.Generator().manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    optimizer = torch.optim.Adam(net.parameters())
+    net(torch.randn(2, 3, 5, 5, generator=generator)).sum().backward()
+    optimizer.step()
+    state = {**net.state_dict(), "transposed": torch.randn(3, 4, generator=generator).t(),
+             "view": torch.randn(10, generator=generator)[3:7], "half": torch.randn(5, generator=generator).half(),
+             "bfloat16": torch.randn(5, generator=generator).bfloat16()}
+    checkpoint = {"state_dict": state, "optimizer": optimizer.state_dict(), "epoch": 3,
+                  "parameter": torch.nn.Parameter(torch.ones(2))}
+    torch.save(checkpoint, tmp_path / "w.pth", pickle_protocol=protocol, _use_new_zipfile_serialization=zip_format)
+    with open_torch(str(tmp_path / "w.pth")) as tensors:
+        assert list(tensors) == list(state)
+        for key, value in state.items():
+            np.testing.assert_array_equal(tensors[key].read().astype(np.float32), value.float().numpy())

@@ -122,7 +122,7 @@ class PickleWalk:
             self.fill(self.top(), items)
         elif name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
             index = len(self.memo) if name == "MEMOIZE" else int(arg)
-            if not 0 <= index <= len(self.memo):  # the pickler numbers its memo 0, 1, 2, ...
+            if not 0 <= index <= len(self.memo) + 1:  # picklers number their memo 0, 1, 2 (Python 2's from 1)
                 raise ValueError(f"memo index {index} skips ahead of the {len(self.memo)} values memoized")
             self.memo[index] = self.top()
         elif name in ("GET", "BINGET", "LONG_BINGET"):

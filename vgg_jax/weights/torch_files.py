@@ -71,7 +71,7 @@ def is_index(value) -> bool:
 
 
 def rebuild_tensor(storage, offset, size, stride, *_unused) -> TensorRef:
-    """Stands in for torch._utils._rebuild_tensor_v2 (the rest: requires_grad, hooks, metadata)."""
+    """Stands in for torch._utils._rebuild_tensor(_v2) (the rest: requires_grad, hooks, metadata)."""
     if not (isinstance(storage, StorageRef) and is_index(offset) and isinstance(size, tuple)
             and isinstance(stride, tuple) and len(size) == len(stride) <= MAX_DIMS
             and all(map(is_index, size)) and all(type(step) is int for step in stride)):
@@ -85,10 +85,14 @@ def rebuild_parameter(data, *_unused):
 
 
 def ordered_dict(*args):
-    """Stands in for collections.OrderedDict: torch.save builds one empty, then fills it."""
-    if args:
-        raise WeightsError("refusing to load: the pickle builds an OrderedDict from arguments")
-    return collections.OrderedDict()
+    """Stands in for collections.OrderedDict: torch.save builds one empty, then fills it; Python
+    2's pickles pass a list of [key, value] pairs, whose keys must be strings (cheap to hash)."""
+    if not args:
+        return collections.OrderedDict()
+    if len(args) == 1 and isinstance(args[0], list) and all(
+            isinstance(pair, (list, tuple)) and len(pair) == 2 and isinstance(pair[0], str) for pair in args[0]):
+        return collections.OrderedDict(args[0])
+    raise WeightsError("refusing to load: the pickle builds an OrderedDict from other than string-keyed pairs")
 
 
 class TorchUnpickler(pickle.Unpickler):
@@ -101,6 +105,7 @@ class TorchUnpickler(pickle.Unpickler):
     ALLOWED = {
         ("collections", "OrderedDict"): ordered_dict,
         ("torch._utils", "_rebuild_tensor_v2"): rebuild_tensor,
+        ("torch._utils", "_rebuild_tensor"): rebuild_tensor,  # torch < 0.4: the same four first arguments
         ("torch._utils", "_rebuild_parameter"): rebuild_parameter,
     }
 
