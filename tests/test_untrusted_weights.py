@@ -174,11 +174,11 @@ TORCH_ATTACKS = {
         lambda path: torch_attack(path, {BIAS: tensor(storage("FloatStorage", "bomb", 64), 0, (64,), (1,))},
                                   bomb=("bomb", 2**28)),
         r"storage 'bomb': its zip entry holds 268435456 bytes, the pickle declares 256"),
-    "wrong shape, 276 MB compressed into the file": (
-        lambda path: torch_attack(path, {"features.0.weight": tensor(storage("FloatStorage", "big", 64 * 3 * 600 * 600),
-                                                                      0, (64, 3, 600, 600), contiguous((64, 3, 600, 600)))},
-                                  bomb=("big", 4 * 64 * 3 * 600 * 600)),
-        r"features\.0\.weight \(64, 3, 600, 600\) -> conv1_1/kernel \(600, 600, 3, 64\), "
+    "wrong shape, 768 MB compressed into the file": (
+        lambda path: torch_attack(path, {"features.0.weight": tensor(storage("FloatStorage", "big", 64 * 3 * 1000 * 1000),
+                                                                      0, (64, 3, 1000, 1000), contiguous((64, 3, 1000, 1000)))},
+                                  bomb=("big", 4 * 64 * 3 * 1000 * 1000)),
+        r"features\.0\.weight \(64, 3, 1000, 1000\) -> conv1_1/kernel \(1000, 1000, 3, 64\), "
         r"the model needs \(3, 3, 3, 64\)"),
     "legacy storage count past the end of the file": (
         lambda path: legacy_pth(path, {BIAS: tensor(storage("FloatStorage", "b", 64), 0, (64,), (1,))},
