@@ -274,6 +274,11 @@ KERAS_ATTACKS = {
         keras_attack(replace_kernel=lambda group, name, shape: group.create_dataset(
             name, (2**18, 2**10), "f4", chunks=(2**10, 2**10))),
         DATASET.format("kernel") + r" is declared \(262144, 1024\) but not all written"),
+    "a 1 GiB chunk around a 64-element bias": (
+        keras_attack(lambda group, name, shape, raw, other: group.create_dataset(
+            name, data=np.zeros(shape, np.float32), maxshape=(None,), chunks=(2**28,), compression="gzip",
+            compression_opts=1)),
+        DATASET.format("bias") + r" has chunks of \(268435456,\) for a \(64,\) dataset"),
     "compound dtype": (
         keras_attack(lambda group, name, shape, raw, other: group.create_dataset(
             name, shape, [("a", "f4"), ("b", "f4")])),

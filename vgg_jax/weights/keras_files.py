@@ -6,7 +6,8 @@ datasets name other objects or files, external storage reads raw files (/etc/pas
 and a dataset declared but never written reads as its fill value, any size from nothing. So
 every object is reached through hard links only, and a dataset is described (`FileTensor`) only
 if its layout is compact, contiguous or chunked inside the file, fully written, and its dtype
-numeric; its values are read when asked.
+numeric, and its chunks (which are decompressed whole) no larger than needed; its values are
+read when asked.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from vgg_jax.weights.errors import WeightsError
 from vgg_jax.weights.file_tensors import FileTensor, untrusted
 
 MAX_NAMES_BYTES = 2**20  # the `layer_names` / `weight_names` attributes: VGG19 needs about 1 kB
+MAX_CHUNK = 2**20  # elements; a chunk may exceed its dataset (h5py rounds up), not by gigabytes
 NUMERIC_KINDS = "fiubc"  # compound, string, vlen, reference and opaque dtypes are refused
 
 
@@ -128,6 +130,9 @@ def dataset_tensor(dataset) -> FileTensor:
     dtype = dataset.dtype
     if dtype.kind not in NUMERIC_KINDS or dtype.fields or dtype.subdtype or h5py.check_dtype(ref=dtype):
         raise WeightsError(f"{where} has dtype {untrusted(str(dtype))}, not numbers")
+    if layout == h5py.h5d.CHUNKED and math.prod(dataset.chunks) > max(dataset.size, MAX_CHUNK):
+        raise WeightsError(f"{where} has chunks of {dataset.chunks} for a {dataset.shape} dataset: reading "
+                           "it would decompress a whole chunk")
     if not written_in_full(dataset, layout):
         raise WeightsError(f"{where} is declared {dataset.shape} but not all written: its values would "
                            "be fill values made from nothing")
