@@ -402,3 +402,26 @@ def test_the_checks_accept_what_torch_save_writes(protocol, zip_format, tmp_path
         assert list(tensors) == list(state)
         for key, value in state.items():
             np.testing.assert_array_equal(tensors[key].read().astype(np.float32), value.float().numpy())
+
+
+@pytest.mark.parametrize("fc6_window, classes, reason", [
+    (8, 10, r"classifier\.0\.weight: a 8-wide fc6 window, wider than the 7 of a 224 px input"),
+    (10**5, 10, r"a 100000-wide fc6 window"),  # a model built at that size would need 10**14 floats
+    (7, 21844, r"classifier\.6\.weight: 21844 classes, more than 21843"),
+])
+def test_a_head_larger_than_the_architecture_is_refused_from_its_shape(fc6_window, classes, reason):
+    """Catches a head sized by the file (fc6's window, fc8's classes) that is read, or that the
+    model is built at, before the bound is checked: no tensor may be read here."""
+    import vgg_jax
+    from vgg_jax.weights import WeightsError, conversion
+    from vgg_jax.weights.file_tensors import FileTensor
+
+    def never_read():
+        raise AssertionError("a tensor was read before its shape was checked")
+    shapes = {"classifier.0.weight": (4096, 512 * fc6_window**2), "classifier.0.bias": (4096,),
+              "classifier.6.weight": (classes, 4096), "classifier.6.bias": (classes,)}
+    tensors = {key: FileTensor(shape, np.dtype(np.float32), never_read) for key, shape in shapes.items()}
+    model = vgg_jax.create_model("vgg11")
+    keys = conversion.torch_key_map(model, conversion.TORCHVISION_HEAD)
+    with pytest.raises(WeightsError, match=reason):
+        conversion.convert(tensors, keys, model, "w.pth", "w.pth as vgg11")

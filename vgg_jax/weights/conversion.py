@@ -187,7 +187,9 @@ def convert(tensors: dict[str, FileTensor], keys: KeyMap, model: vgg_jax.VGG, pa
                 problems.append(f"{key} {tensors[key].shape}: {error}")
                 failed.add(target)
     fields = head_fields(traverse_util.unflatten_dict(shapes).get("params", {}), model)
-    problems += head_bounds(fields, model, keys)
+    too_large = head_bounds(fields, model, keys)
+    if too_large:  # refused before the model is built at the file's size
+        raise WeightsError(f"{source} does not fit: " + "; ".join(problems + too_large))
     expected = traverse_util.flatten_dict(checkpoints.abstract_variables(model.clone(**fields)))
     missing = [sources[target] for target in expected if target not in shapes and target not in failed]
     unexpected = [key for key in tensors if key not in keys and not key.endswith(IGNORED_SUFFIXES)]
