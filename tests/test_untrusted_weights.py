@@ -199,6 +199,9 @@ TORCH_ATTACKS = {
         lambda path: raw_pickle(path, pickle.EMPTY_DICT + pickle.EMPTY_TUPLE + pickle.TUPLE1 * 10**6
                                 + pickle.NONE + pickle.SETITEM),
         rf"refusing the pickle at byte \d+: values nested more than {MAX_DEPTH} deep"),
+    "a million empty sets": (
+        lambda path: raw_pickle(path, pickle.MARK + pickle.EMPTY_SET * 10**6 + pickle.LIST),
+        r"refusing the pickle at byte \d+: more than \d+ values or 65536 containers"),
     "LONG_BINPUT 2**27": (
         lambda path: raw_pickle(path, pickle.NONE + pickle.LONG_BINPUT + struct.pack("<I", 2**27)),
         r"refusing the pickle at byte 3: memo index 134217728 skips ahead"),

@@ -5,8 +5,8 @@ A restricted unpickler stops code from running, but not a few hundred bytes from
 gigabytes or a crash while they are unpickled: a memo index of 2**27 makes the unpickler
 allocate a 2**27-slot memo; a million nested tuples crash the interpreter (its C code recurses
 once per level); tuples that share their halves, used as a dict key, take 2**depth steps to
-hash. So this pass refuses, before anything is built: a pickle longer than MAX_PICKLE_BYTES,
-memo indices that skip ahead, values nested deeper than MAX_DEPTH (containers may not be
+hash. So this pass refuses, before anything is built: a pickle longer than MAX_PICKLE_BYTES
+or building more than MAX_VALUES values (MAX_CONTAINERS containers and objects), memo indices that skip ahead, values nested deeper than MAX_DEPTH (containers may not be
 filled once they sit inside another, so depths cannot be grown behind the check's back), dict
 keys and set items other than strings and ints, and opcodes a torch.save state dict never uses.
 """
@@ -18,8 +18,12 @@ import pickletools
 
 from vgg_jax.weights.errors import WeightsError
 
-MAX_PICKLE_BYTES = 16 * 2**20  # a VGG state dict's pickle is a few kB; a training checkpoint's, well under 1 MB
+MAX_PICKLE_BYTES = 4 * 2**20  # a VGG state dict's pickle is a few kB; a training checkpoint's, well under 1 MB
 MAX_DEPTH = 32  # a torch.save checkpoint nests about 6 deep (checkpoint, optimizer, state, ...)
+# One opcode byte can build a 200-byte empty set: counts bound what the unpickler allocates
+# (about 50 MB at most), where the byte count alone would allow 70 times the pickle's size.
+MAX_VALUES = 2**20
+MAX_CONTAINERS = 2**16  # a VGG state dict builds 5 per tensor
 HASHABLE_KINDS = ("str", "int")  # hashing these costs their length, nothing more
 
 SCALARS = {  # opcode -> kind of the value it pushes
@@ -55,6 +59,7 @@ class PickleWalk:
         self.stack: list[Value] = []
         self.marks: list[int] = []  # stack heights at each MARK
         self.memo: dict[int, Value] = {}
+        self.built = {"value": 0, "container": 0}  # how many the unpickler would allocate
 
     def pop(self, count: int = 1) -> list[Value]:
         floor = self.marks[-1] if self.marks else 0
@@ -71,9 +76,14 @@ class PickleWalk:
         del self.stack[self.marks.pop():]
         return items
 
-    def push(self, value: Value) -> None:
+    def push(self, value: Value, new: bool = True) -> None:
         if value.depth > MAX_DEPTH:
             raise ValueError(f"values nested more than {MAX_DEPTH} deep")
+        if new:
+            self.built["value"] += 1
+            self.built["container"] += value.kind in ("container", "object")
+            if self.built["value"] > MAX_VALUES or self.built["container"] > MAX_CONTAINERS:
+                raise ValueError(f"more than {MAX_VALUES} values or {MAX_CONTAINERS} containers")
         self.stack.append(value)
 
     def top(self) -> Value:
@@ -128,7 +138,7 @@ class PickleWalk:
         elif name in ("GET", "BINGET", "LONG_BINGET"):
             if int(arg) not in self.memo:
                 raise ValueError(f"memo index {int(arg)} was never set")
-            self.push(self.memo[int(arg)])
+            self.push(self.memo[int(arg)], new=False)
         elif name in ("GLOBAL", "STACK_GLOBAL"):
             if name == "STACK_GLOBAL" and any(value.kind != "str" for value in self.pop(2)):
                 raise ValueError("a global named by values that are not strings")
@@ -148,7 +158,7 @@ class PickleWalk:
         elif name == "POP_MARK":
             self.pop_mark()
         elif name == "DUP":
-            self.push(self.top())
+            self.push(self.top(), new=False)
         else:  # EXT*, INST, OBJ, PERSID, out-of-band buffers: never in a torch.save state dict
             raise ValueError(f"opcode {name}, which torch.save does not write")
 

@@ -200,12 +200,11 @@ def file_tensor(key: str, ref: TensorRef, storage: Storage | None, little_endian
 def zip_storages(archive: zipfile.ZipFile, prefix: str, refs: dict[str, StorageRef]) -> dict[str, Storage]:
     """Each storage's zip entry, which must hold exactly the bytes the pickle declares (so a
     small storage cannot stand for a huge compressed entry)."""
-    storages = {}
+    storages, names = {}, set(archive.namelist())
     for key, ref in refs.items():
-        name = f"{prefix}data/{key}"
-        info = archive.NameToInfo.get(name)
-        if info is None:
+        if f"{prefix}data/{key}" not in names:
             continue
+        info = archive.getinfo(f"{prefix}data/{key}")
         expected = ref.numel * np.dtype(STORAGE_DTYPES[ref.type_name]).itemsize
         if info.file_size != expected:
             raise WeightsError(f"storage {untrusted(key)}: its zip entry holds {info.file_size} bytes, "
@@ -229,8 +228,8 @@ def zip_contents(archive: zipfile.ZipFile) -> tuple[Any, dict[str, Storage], boo
     prefix = pickles[0].filename[: -len("data.pkl")]
     with archive.open(pickles[0]) as file:
         contents, unpickler = load_pickle(io.BytesIO(file.read(MAX_PICKLE_BYTES + 1)))
-    order = archive.NameToInfo.get(f"{prefix}byteorder")
-    little = order is None or archive.open(order).read(16).strip() == b"little"
+    order = f"{prefix}byteorder"
+    little = order not in archive.namelist() or archive.open(order).read(16).strip() == b"little"
     return contents, zip_storages(archive, prefix, unpickler.storages), little
 
 
