@@ -28,7 +28,7 @@ import vgg_jax
 from vgg_jax import checkpoints, normalization
 from vgg_jax.models import BLOCK_WIDTHS, DOWNSAMPLING, FC_WIDTH, LAYOUTS, initializers
 from vgg_jax.weights.errors import WeightsError
-from vgg_jax.weights.file_tensors import FLOAT_DTYPES, FileTensor, file_errors, untrusted
+from vgg_jax.weights.file_tensors import FLOAT_DTYPES, FileTensor, file_errors, is_float, untrusted
 from vgg_jax.weights.keras_files import open_keras
 from vgg_jax.weights.torch_files import open_torch
 
@@ -160,7 +160,7 @@ def head_bounds(fields: dict, model: vgg_jax.VGG, keys: KeyMap) -> list[str]:
 
 def read_float32(path: str, key: str, tensor: FileTensor) -> np.ndarray:
     """The tensor's values as float32 (floats only: see FLOAT_DTYPES), read now."""
-    if tensor.dtype not in FLOAT_DTYPES:
+    if not is_float(tensor.dtype):
         raise WeightsError(f"{path}: {key}: {not_float(tensor)}")
     with file_errors(path, key):
         return tensor.read().astype(np.float32)
@@ -179,7 +179,7 @@ def convert(tensors: dict[str, FileTensor], keys: KeyMap, model: vgg_jax.VGG, pa
     sources = {target: key for key, (target, _) in keys.items()}
     for key, (target, conversion) in keys.items():
         if key in tensors:
-            if tensors[key].dtype not in FLOAT_DTYPES:
+            if not is_float(tensors[key].dtype):
                 problems.append(f"{key}: {not_float(tensors[key])}")
             try:
                 shapes[target] = jax.ShapeDtypeStruct(converted_shape(conversion, tensors[key].shape), np.float32)

@@ -18,6 +18,10 @@ from vgg_jax.weights.errors import WeightsError
 FLOAT_DTYPES = tuple(np.dtype(dtype) for dtype in (np.float16, ml_dtypes.bfloat16, np.float32, np.float64))
 
 
+def is_float(dtype: np.dtype) -> bool:
+    return dtype.newbyteorder("=") in FLOAT_DTYPES  # either byte order
+
+
 @dataclasses.dataclass(frozen=True)
 class FileTensor:
     shape: tuple[int, ...]
