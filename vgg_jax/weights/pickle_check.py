@@ -46,7 +46,8 @@ class Value:
 
     def __init__(self, kind: str, items: list[Value] = ()):
         self.kind = kind
-        self.depth = 1 + max((item.depth for item in items), default=0) if kind == "container" else 0
+        # an object (a REDUCE's result) may be one of its arguments: it counts as deep as they are
+        self.depth = 1 + max((item.depth for item in items), default=0) if kind in ("container", "object") else 0
         self.inside = False  # placed in another value: filling it now could deepen that one unseen
         for item in items:
             item.inside = True
