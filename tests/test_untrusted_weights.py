@@ -155,8 +155,9 @@ def shared_tuples(depth):
 BIAS = "features.0.bias"
 TORCH_ATTACKS = {
     # name: (builder(path), a regex the error line must match after the file and key)
+    # 2 elements of 64 bytes: offset 1 skipped a row, stride 2 ran 63 rows on, into the heap
     "BUILD sets a storage's dtype (heap read)": (
-        lambda path: torch_attack(path, {BIAS: tensor(storage("ByteStorage", "b", 128, state=(
+        lambda path: torch_attack(path, {BIAS: tensor(storage("ByteStorage", "b", 2, state=(
             pickle.EMPTY_DICT + unicode("dtype") + unicode("(64,)u1") + pickle.SETITEM)), 1, (64,), (2,))},
             {"b": bytes(128)}),
         r"sets the state of a StorageRef"),
