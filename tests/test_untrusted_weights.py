@@ -137,6 +137,16 @@ def legacy_pth(path, entries, storages):
     return path
 
 
+def nested_through_parameters(levels):
+    """x = (); then x = _rebuild_parameter(((x,),)), which is (x,): one level deeper each time,
+    behind a call whose result the pickle check cannot see into."""
+    ops = pickle.EMPTY_TUPLE + pickle.BINPUT + bytes([0])
+    for level in range(levels):
+        ops += (pickle.POP + name("torch._utils", "_rebuild_parameter") + pickle.BINGET + bytes([level % 2])
+                + pickle.TUPLE1 + pickle.TUPLE1 + pickle.REDUCE + pickle.BINPUT + bytes([(level + 1) % 2]))
+    return ops
+
+
 def raw_pickle(path, body):
     """A zip .pth whose data.pkl is `body` (protocol 2 header and STOP added)."""
     entries, storages = vgg11_filler()
@@ -199,6 +209,9 @@ TORCH_ATTACKS = {
     "a million nested tuples as a dict key": (  # hashing it recursed in C until the stack overflowed
         lambda path: raw_pickle(path, pickle.EMPTY_DICT + pickle.EMPTY_TUPLE + pickle.TUPLE1 * 10**6
                                 + pickle.NONE + pickle.SETITEM),
+        rf"refusing the pickle at byte \d+: values nested more than {MAX_DEPTH} deep"),
+    "nesting behind _rebuild_parameter calls": (
+        lambda path: raw_pickle(path, nested_through_parameters(100)),
         rf"refusing the pickle at byte \d+: values nested more than {MAX_DEPTH} deep"),
     "a million empty sets": (
         lambda path: raw_pickle(path, pickle.MARK + pickle.EMPTY_SET * 10**6 + pickle.LIST),
