@@ -43,8 +43,9 @@ def unicode(text):
 
 
 def integer(value):
-    return pickle.BININT + struct.pack("<i", value) if -2**31 <= value < 2**31 else pickle.LONG1 + bytes(
-        [8]) + value.to_bytes(8, "little", signed=True)
+    if -2**31 <= value < 2**31:
+        return pickle.BININT + struct.pack("<i", value)
+    return pickle.LONG1 + bytes([8]) + value.to_bytes(8, "little", signed=True)
 
 
 def name(module, attribute):
@@ -186,9 +187,9 @@ TORCH_ATTACKS = {
                                   bomb=("bomb", 2**28)),
         r"storage 'bomb': its zip entry holds 268435456 bytes, the pickle declares 256"),
     "wrong shape, 768 MB compressed into the file": (
-        lambda path: torch_attack(path, {"features.0.weight": tensor(storage("FloatStorage", "big", 64 * 3 * 1000 * 1000),
-                                                                      0, (64, 3, 1000, 1000), contiguous((64, 3, 1000, 1000)))},
-                                  bomb=("big", 4 * 64 * 3 * 1000 * 1000)),
+        lambda path: torch_attack(path, {"features.0.weight": tensor(
+            storage("FloatStorage", "big", 64 * 3 * 1000 * 1000), 0, (64, 3, 1000, 1000),
+            contiguous((64, 3, 1000, 1000)))}, bomb=("big", 4 * 64 * 3 * 1000 * 1000)),
         r"features\.0\.weight \(64, 3, 1000, 1000\) -> conv1_1/kernel \(1000, 1000, 3, 64\), "
         r"the model needs \(3, 3, 3, 64\)"),
     "legacy storage count past the end of the file": (

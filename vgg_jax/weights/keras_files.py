@@ -100,7 +100,8 @@ def names_attribute(group: h5py.Group, attribute: str) -> list[str]:
     header = group.attrs.get_id(attribute)
     size = math.prod(header.shape or ()) * header.dtype.itemsize
     if size > MAX_NAMES_BYTES:
-        raise WeightsError(f"the {attribute} of {untrusted(group.name)} takes {size} bytes, more than {MAX_NAMES_BYTES}")
+        raise WeightsError(f"the {attribute} of {untrusted(group.name)} takes {size} bytes, "
+                           f"more than {MAX_NAMES_BYTES}")
     return [as_str(name) for name in np.atleast_1d(group.attrs[attribute])]
 
 

@@ -5,10 +5,12 @@ A restricted unpickler stops code from running, but not a few hundred bytes from
 gigabytes or a crash while they are unpickled: a memo index of 2**27 makes the unpickler
 allocate a 2**27-slot memo; a million nested tuples crash the interpreter (its C code recurses
 once per level); tuples that share their halves, used as a dict key, take 2**depth steps to
-hash. So this pass refuses, before anything is built: a pickle longer than MAX_PICKLE_BYTES
-or building more than MAX_VALUES values (MAX_CONTAINERS containers and objects), memo indices that skip ahead, values nested deeper than MAX_DEPTH (containers may not be
-filled once they sit inside another, so depths cannot be grown behind the check's back), dict
-keys and set items other than strings and ints, and opcodes a torch.save state dict never uses.
+hash; a byte of EMPTY_SET builds 200 bytes. So this pass refuses, before anything is built: a
+pickle longer than MAX_PICKLE_BYTES or building more than MAX_VALUES values (MAX_CONTAINERS
+containers and objects), memo indices that skip ahead, values nested deeper than MAX_DEPTH
+(containers may not be filled once they sit inside another, so depths cannot be grown behind
+the check's back), dict keys and set items other than strings and ints, and opcodes a
+torch.save state dict never uses.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from vgg_jax.weights.errors import WeightsError
 
 MAX_PICKLE_BYTES = 4 * 2**20  # a VGG state dict's pickle is a few kB; a training checkpoint's, well under 1 MB
 MAX_DEPTH = 32  # a torch.save checkpoint nests about 6 deep (checkpoint, optimizer, state, ...)
-# One opcode byte can build a 200-byte empty set: counts bound what the unpickler allocates
-# (about 50 MB at most), where the byte count alone would allow 70 times the pickle's size.
+# Counts bound what the unpickler allocates (about 50 MB at most), where the byte count alone
+# would allow 70 times the pickle's size.
 MAX_VALUES = 2**20
 MAX_CONTAINERS = 2**16  # a VGG state dict builds 5 per tensor
 HASHABLE_KINDS = ("str", "int")  # hashing these costs their length, nothing more
@@ -54,7 +56,7 @@ class Value:
 
 
 class PickleWalk:
-    """The symbolic stack machine; `step` raises WeightsError on what it refuses."""
+    """The symbolic stack machine; `step` raises ValueError on what it refuses."""
 
     def __init__(self):
         self.stack: list[Value] = []
@@ -125,7 +127,8 @@ class PickleWalk:
         elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
             self.push(Value("container", self.pop(int(name[-1]))))
         elif name in FILLS:
-            items = self.pop_mark() if name in ("APPENDS", "SETITEMS", "ADDITEMS") else self.pop(2 if name == "SETITEM" else 1)
+            marked = name in ("APPENDS", "SETITEMS", "ADDITEMS")
+            items = self.pop_mark() if marked else self.pop(2 if name == "SETITEM" else 1)
             if name in ("SETITEM", "SETITEMS"):
                 self.check_keys(items[0::2])
             elif name == "ADDITEMS":
