@@ -19,9 +19,9 @@ from typing import Any, Callable, Iterator
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 from flax import traverse_util
-import ml_dtypes
 from safetensors import safe_open
 
 import vgg_jax
