@@ -26,7 +26,7 @@ from vgg_jax import loading, normalization
 from vgg_jax.features import PERCEPTUAL_NAMES, extract_features
 from vgg_jax.models import BLOCK_WIDTHS
 from vgg_jax.weights import WeightsError
-from vgg_jax.weights.conversion import HEAD_LAYERS, read_weights
+from vgg_jax.weights.conversion import HEAD_LAYERS, open_weights, read_float32
 
 SHIFT = np.array([-0.030, -0.088, -0.188], np.float32)  # 2 * mean - 1
 SCALE = np.array([0.458, 0.448, 0.450], np.float32)  # 2 * std
@@ -54,17 +54,17 @@ def installed_linear_path() -> str:
 def read_linear(path: str, channels: list[int]) -> tuple[jax.Array, ...]:
     """The (C,) weights of lin0..lin4 from the reference's state dict (`linK.model.1.weight`,
     shaped (1, C, 1, 1)), read torch-free; one error naming every missing or misshapen layer."""
-    tensors, _ = read_weights(path)
     keys = [f"lin{index}.model.1.weight" for index in range(len(PERCEPTUAL_NAMES))]
-    problems = []
-    for key, name, width in zip(keys, PERCEPTUAL_NAMES, channels):
-        if key not in tensors:
-            problems.append(f"{key} missing")
-        elif tensors[key].shape != (1, width, 1, 1):
-            problems.append(f"{key} is {tensors[key].shape}, {name} needs (1, {width}, 1, 1)")
-    if problems:
-        raise WeightsError(f"{path} does not hold LPIPS linear layers for this backbone: " + "; ".join(problems))
-    return tuple(jnp.asarray(tensors[key].reshape(-1), jnp.float32) for key in keys)
+    with open_weights(path) as (tensors, _):
+        problems = []
+        for key, name, width in zip(keys, PERCEPTUAL_NAMES, channels):
+            if key not in tensors:
+                problems.append(f"{key} missing")
+            elif tensors[key].shape != (1, width, 1, 1):
+                problems.append(f"{key} is {tensors[key].shape}, {name} needs (1, {width}, 1, 1)")
+        if problems:
+            raise WeightsError(f"{path} does not hold LPIPS linear layers for this backbone: " + "; ".join(problems))
+        return tuple(jnp.asarray(read_float32(path, key, tensors[key]).reshape(-1)) for key in keys)
 
 
 def load(backbone: str | os.PathLike = "vgg16", linear: str | os.PathLike | None = None) -> Params:

@@ -10,30 +10,39 @@ fc6 (ours NHWC), timm stores fc6 as a 7x7 conv; Keras kernels and flatten order 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 from flax import traverse_util
-from safetensors.numpy import load_file as load_safetensors
+from safetensors import safe_open
 
 import vgg_jax
 from vgg_jax import checkpoints, normalization
 from vgg_jax.models import BLOCK_WIDTHS, DOWNSAMPLING, FC_WIDTH, LAYOUTS, initializers
 from vgg_jax.weights.errors import WeightsError
-from vgg_jax.weights.keras_files import read_keras
-from vgg_jax.weights.torch_files import read_torch
+from vgg_jax.weights.file_tensors import FLOAT_DTYPES, FileTensor, file_errors, is_float, untrusted
+from vgg_jax.weights.keras_files import open_keras
+from vgg_jax.weights.torch_files import open_torch
 
 HEAD_LAYERS = ("fc6", "fc7", "fc8")
 TORCHVISION_HEAD = ("classifier.0", "classifier.3", "classifier.6")
 TIMM_HEAD = ("pre_logits.fc1", "pre_logits.fc2", "head.fc")
 KERAS_HEAD = ("fc1", "fc2", "predictions")
 IGNORED_SUFFIXES = (".num_batches_tracked",)  # BN bookkeeping with no effect on inference
+# The head's size comes from the file; bounded so that no file asks for more than the
+# architecture at its 224 px input (a 7x7 fc6 window) with this many classes (ImageNet-21k's).
+MAX_CLASSES = 21843
+SAFETENSORS_DTYPES = {"F16": np.float16, "BF16": ml_dtypes.bfloat16, "F32": np.float32, "F64": np.float64,
+                      "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+                      "BOOL": np.bool_}
 
 
 # --- key tables: file key -> (our variable path, conversion) ------------------------------------
@@ -50,6 +59,8 @@ def conv_kernel(weight: np.ndarray) -> np.ndarray:
 def dense_kernel(weight: np.ndarray, channels: int) -> np.ndarray:
     """A torch linear weight (out, C*w*w) flattened CHW, or a timm conv weight (out, C, w, w),
     -> our (w*w*C, out) kernel, whose rows follow the NHWC flatten of a w x w window."""
+    if weight.ndim not in (2, 4):
+        raise ValueError(f"a {weight.ndim}-d tensor, not a linear or conv weight")
     out = weight.shape[0]
     window = math.isqrt(weight.size // max(out * channels, 1))
     if weight.size != out * channels * window * window:
@@ -129,52 +140,102 @@ def head_fields(params: dict, model: vgg_jax.VGG) -> dict:
     return fields
 
 
-def convert(tensors: dict[str, np.ndarray], keys: KeyMap, model: vgg_jax.VGG, source: str) -> dict:
-    """Our variables from the file's tensors; one error naming every missing, unexpected or
-    misshapen key when they do not fit the model."""
-    problems, converted, failed = [], {}, set()
+def converted_shape(conversion: Callable[[np.ndarray], np.ndarray], shape: tuple) -> tuple:
+    """The shape `conversion` gives a tensor of `shape`, found on a stand-in whose strides are
+    all 0: transposes and reshapes of it are views, so no shape costs memory."""
+    return conversion(np.broadcast_to(np.zeros((), np.float32), shape)).shape
+
+
+def head_bounds(fields: dict, model: vgg_jax.VGG, keys: KeyMap) -> list[str]:
+    """The file's head sizes over what the architecture allows (see MAX_CLASSES)."""
+    sources = {target[1:]: key for key, (target, _) in keys.items()}
+    problems = []
+    if fields.get("image_size", 0) > model.image_size:
+        problems.append(f"{sources['fc6', 'kernel']}: a {fields['image_size'] // DOWNSAMPLING}-wide fc6 window, "
+                        f"wider than the {model.head_window} of a {model.image_size} px input")
+    if fields.get("num_classes", 0) > MAX_CLASSES:
+        problems.append(f"{sources['fc8', 'kernel']}: {fields['num_classes']} classes, more than {MAX_CLASSES}")
+    return problems
+
+
+def read_float32(path: str, key: str, tensor: FileTensor) -> np.ndarray:
+    """The tensor's values as float32 (floats only: see FLOAT_DTYPES), read now."""
+    if not is_float(tensor.dtype):
+        raise WeightsError(f"{path}: {key}: {not_float(tensor)}")
+    with file_errors(path, key):
+        return tensor.read().astype(np.float32)
+
+
+def not_float(tensor: FileTensor) -> str:
+    return (f"a {tensor.dtype} tensor; weights must be floating point "
+            f"({', '.join(map(str, FLOAT_DTYPES))}), which are read as float32")
+
+
+def convert(tensors: dict[str, FileTensor], keys: KeyMap, model: vgg_jax.VGG, path: str, source: str) -> dict:
+    """Our variables from the file's tensors; one error naming every missing, unexpected,
+    misshapen or non-float key when they do not fit the model. Shapes and dtypes are checked
+    from the file's header, so nothing is read from a file that does not fit."""
+    problems, shapes, failed = [], {}, set()
     sources = {target: key for key, (target, _) in keys.items()}
     for key, (target, conversion) in keys.items():
         if key in tensors:
+            if not is_float(tensors[key].dtype):
+                problems.append(f"{key}: {not_float(tensors[key])}")
             try:
-                converted[target] = np.ascontiguousarray(conversion(tensors[key]), np.float32)
+                shapes[target] = jax.ShapeDtypeStruct(converted_shape(conversion, tensors[key].shape), np.float32)
             except ValueError as error:
                 problems.append(f"{key} {tensors[key].shape}: {error}")
                 failed.add(target)
-    variables = traverse_util.unflatten_dict(converted)
-    expected = traverse_util.flatten_dict(checkpoints.abstract_variables(
-        model.clone(**head_fields(variables.get("params", {}), model))))
-    missing = [sources[target] for target in expected if target not in converted and target not in failed]
+    fields = head_fields(traverse_util.unflatten_dict(shapes).get("params", {}), model)
+    too_large = head_bounds(fields, model, keys)
+    if too_large:  # refused before the model is built at the file's size
+        raise WeightsError(f"{source} does not fit: " + "; ".join(problems + too_large))
+    expected = traverse_util.flatten_dict(checkpoints.abstract_variables(model.clone(**fields)))
+    missing = [sources[target] for target in expected if target not in shapes and target not in failed]
     unexpected = [key for key in tensors if key not in keys and not key.endswith(IGNORED_SUFFIXES)]
-    unexpected += [sources[target] for target in converted if target not in expected]
+    unexpected += [sources[target] for target in shapes if target not in expected]
     problems += [f"{sources[target]} {tensors[sources[target]].shape} -> {'/'.join(target[1:])} "
                  f"{value.shape}, the model needs {expected[target].shape}"
-                 for target, value in converted.items()
+                 for target, value in shapes.items()
                  if target in expected and value.shape != expected[target].shape]
     if missing:
         problems.append(f"missing keys {missing}")
     if unexpected:
-        problems.append(f"unexpected keys {unexpected}")
+        problems.append(f"unexpected keys {untrusted(unexpected)}")
     if problems:
         raise WeightsError(f"{source} does not fit: " + "; ".join(problems))
-    return variables
+    converted = {target: np.ascontiguousarray(conversion(read_float32(path, key, tensors[key])))
+                 for key, (target, conversion) in keys.items() if target in shapes}
+    return traverse_util.unflatten_dict(converted)
 
 
-def read_weights(path: str) -> tuple[dict[str, np.ndarray], str]:
-    """The file's tensors by key, and its family: 'keras' (.h5) or 'torch' (.safetensors, else pickle)."""
+@contextlib.contextmanager
+def safetensors_tensors(path: str) -> Iterator[dict[str, FileTensor]]:
+    """A .safetensors file (timm), described from its JSON header; the tensors are read while open."""
+    with safe_open(path, framework="np") as file:
+        tensors = {}
+        for key in file.keys():
+            header = file.get_slice(key)
+            if header.get_dtype() not in SAFETENSORS_DTYPES:
+                raise WeightsError(f"{path}: {untrusted(key)}: unsupported dtype {untrusted(header.get_dtype())}")
+            tensors[key] = FileTensor(tuple(header.get_shape()), np.dtype(SAFETENSORS_DTYPES[header.get_dtype()]),
+                                      functools.partial(file.get_tensor, key))
+        yield tensors
+
+
+@contextlib.contextmanager
+def open_weights(path: str) -> Iterator[tuple[dict[str, FileTensor], str]]:
+    """The file's tensors by key, described (read them while the file is open), and its family:
+    'keras' (.h5) or 'torch' (.safetensors, else pickle). Refusals name the file."""
     if not os.path.isfile(path):
         raise WeightsError(f"no weight file at {path}")
     suffix = os.path.splitext(path)[1].lower()
-    try:
-        if suffix in (".h5", ".hdf5"):
-            return read_keras(path), "keras"
-        if suffix == ".safetensors":
-            return load_safetensors(path), "torch"
-        return read_torch(path), "torch"
-    except WeightsError:
-        raise
-    except Exception as error:  # noqa: BLE001 - h5py, safetensors, zip and numpy each fail their own way on a damaged file
-        raise WeightsError(f"cannot read {path} (damaged or truncated?): {type(error).__name__}: {error}") from error
+    opener, family = {".h5": (open_keras, "keras"), ".hdf5": (open_keras, "keras"),
+                      ".safetensors": (safetensors_tensors, "torch")}.get(suffix, (open_torch, "torch"))
+    with contextlib.ExitStack() as stack:
+        with file_errors(path):
+            tensors = stack.enter_context(opener(path))
+        yield tensors, family
 
 
 def import_weights(path: str | os.PathLike, arch: str) -> tuple[dict, normalization.Normalization]:
@@ -186,13 +247,13 @@ def import_weights(path: str | os.PathLike, arch: str) -> tuple[dict, normalizat
     """
     path = os.fspath(path)
     model = vgg_jax.create_model(arch)
-    tensors, family = read_weights(path)
-    if family == "keras":
-        keys, convention = keras_key_map(model), normalization.CAFFE_BGR
-    else:
-        head = TIMM_HEAD if any(key.startswith("pre_logits.") for key in tensors) else TORCHVISION_HEAD
-        keys, convention = torch_key_map(model, head), normalization.TORCHVISION
-    return convert(tensors, keys, model, source=f"{path} as {arch}"), convention
+    with open_weights(path) as (tensors, family):
+        if family == "keras":
+            keys, convention = keras_key_map(model), normalization.CAFFE_BGR
+        else:
+            head = TIMM_HEAD if any(key.startswith("pre_logits.") for key in tensors) else TORCHVISION_HEAD
+            keys, convention = torch_key_map(model, head), normalization.TORCHVISION
+        return convert(tensors, keys, model, path, source=f"{path} as {arch}"), convention
 
 
 # --- model directories -------------------------------------------------------------------------
