@@ -274,7 +274,7 @@ def import_to_checkpoint(path: str, arch: str, out: str, num_classes: int | None
     fields = head_fields(variables["params"], model)
     if num_classes is not None and num_classes != fields.get("num_classes"):
         if not fields["include_top"]:
-            raise WeightsError(f"{path} has no classifier to resize: drop --num-classes")
+            raise WeightsError(f"{path} has no classifier to resize: drop --num_classes")
         params = {**variables["params"], "fc8": new_classifier(model, num_classes)}
         variables, fields = {**variables, "params": params}, {**fields, "num_classes": num_classes}
     spec = checkpoints.ModelSpec(arch, fields, class_names, convention)
