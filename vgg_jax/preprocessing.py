@@ -8,8 +8,8 @@ are stateless and take a `seed` of shape [2], so an example's augmentation is a 
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
 
+from vgg_jax.lazy_tensorflow import tf  # imported at the first op: `import vgg_jax.preprocessing` needs no TF
 from vgg_jax.normalization import Normalization
 
 # AlexNet's PCA of ImageNet RGB pixels on a 0-1 scale: eigenvalues, eigenvectors as columns.

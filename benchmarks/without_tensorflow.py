@@ -1,0 +1,47 @@
+"""Runs a Python script as if TensorFlow and tensorflow-datasets were not installed.
+
+  python -m benchmarks.without_tensorflow SCRIPT [ARGS...]     # e.g. train.py --config ...
+
+Many JAX GPU/TPU environments have no TensorFlow; this shows on any machine that what the
+script does needs none: every `import tensorflow` (or tensorflow_datasets, clu) in the process
+raises ModuleNotFoundError. Used by tests/test_without_tensorflow.py and device_check.sh's
+--cpu-dry-run.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import os
+import runpy
+import sys
+
+BLOCKED = ("tensorflow", "tensorflow_datasets", "clu")
+
+
+class BlockTensorFlow(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by benchmarks/without_tensorflow.py)",
+                                      name=name)
+        return None
+
+
+def block() -> None:
+    """From now on, importing a BLOCKED package fails (one already imported is not undone)."""
+    if loaded := [name for name in sys.modules if name.split(".")[0] in BLOCKED]:
+        raise RuntimeError(f"already imported: {loaded[:3]}")
+    sys.meta_path.insert(0, BlockTensorFlow())
+
+
+def main() -> None:
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    script = sys.argv[1]
+    block()
+    sys.argv = sys.argv[1:]
+    sys.path[0] = os.path.dirname(os.path.abspath(script))  # as `python SCRIPT` would
+    runpy.run_path(script, run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()
