@@ -10,7 +10,6 @@ raises ModuleNotFoundError. Used by tests/test_without_tensorflow.py and device_
 
 from __future__ import annotations
 
-import importlib.abc
 import os
 import runpy
 import sys
@@ -18,19 +17,12 @@ import sys
 BLOCKED = ("tensorflow", "tensorflow_datasets", "clu")
 
 
-class BlockTensorFlow(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            raise ModuleNotFoundError(f"No module named {name!r} (blocked by benchmarks/without_tensorflow.py)",
-                                      name=name)
-        return None
-
-
 def block() -> None:
-    """From now on, importing a BLOCKED package fails (one already imported is not undone)."""
+    """From now on, importing a BLOCKED package raises ModuleNotFoundError and
+    `importlib.util.find_spec` finds none (a None entry in sys.modules, Python's own way)."""
     if loaded := [name for name in sys.modules if name.split(".")[0] in BLOCKED]:
         raise RuntimeError(f"already imported: {loaded[:3]}")
-    sys.meta_path.insert(0, BlockTensorFlow())
+    sys.modules.update(dict.fromkeys(BLOCKED))
 
 
 def main() -> None:

@@ -25,6 +25,9 @@ class LazyModule:
 
     def load(self):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ INFO/WARNING lines, read at import
+        # TF decodes and resizes here; its oneDNN kernels (matmul, conv) are unused, and with them
+        # off it does not print "oneDNN custom operations are on" (twice, before its logging starts).
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
         try:
             module = importlib.import_module(self._name)
         except ImportError as error:

@@ -18,8 +18,11 @@ VAL_PER_CLASS examples per class, labels in turn) is a function of the example's
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
+import itertools
+import os
 from typing import Iterator
 
 import numpy as np
@@ -61,36 +64,43 @@ def class_pictures(classes: int) -> dict[str, np.ndarray]:
 
 @dataclasses.dataclass(frozen=True)
 class View:
-    """Which part of a picture an example shows: `size` x `size` pixels from (y, x) of the picture
-    rendered at `scale` x `scale`."""
+    """What one example shows: `size` x `size` pixels from (y, x) of class `label`'s picture
+    rendered at `scale` x `scale`, with the pixel noise drawn from `noise_key`."""
     label: int
     scale: int
     y: int
     x: int
     size: int
+    noise_key: tuple[int, ...]
 
 
-def render(classes: int, views: list[View], noise: list[np.ndarray]) -> np.ndarray:
-    """uint8 [n, size, size, 3]: each view of its class's picture plus its noise (uint8, 128 = 0).
-    The grating sin(a u + b v + phase) = sin(a u + phase) cos(b v) + cos(a u + phase) sin(b v) is
-    two outer products of a row and a column vector: no per-pixel trigonometry."""
-    pictures = class_pictures(classes)
-    labels = np.array([view.label for view in views])
-    scale = np.array([view.scale for view in views], np.float32)[:, None]
-    pixel = np.arange(views[0].size, dtype=np.float32) + 0.5
-    u = (np.array([view.y for view in views], np.float32)[:, None] + pixel) / scale  # [n, size] on the unit square
-    v = (np.array([view.x for view in views], np.float32)[:, None] + pixel) / scale
-    row = pictures["frequency"][labels, :1] * u + pictures["phase"][labels, None]
-    column = pictures["frequency"][labels, 1:] * v
-    grating = (np.einsum("ni,nj->nij", np.sin(row), np.cos(column))
-               + np.einsum("ni,nj->nij", np.cos(row), np.sin(column)))
-    image = (pictures["background"][labels, None, None] + grating[..., None] * pictures["colour"][labels, None, None]
-             + (np.stack(noise).astype(np.float32) - 128.0) * (NOISE / 128.0))
-    return np.clip(np.round(image), 0, 255).astype(np.uint8)
+def render(classes: int, view: View) -> np.ndarray:
+    """uint8 [size, size, 3]: the view of its class's picture plus its noise. The grating
+    sin(a u + b v + phase) = sin(a u + phase) cos(b v) + cos(a u + phase) sin(b v) is two outer
+    products of a row and a column vector: no per-pixel trigonometry."""
+    pictures = {name: values[view.label] for name, values in class_pictures(classes).items()}
+    pixel = np.arange(view.size, dtype=np.float32) + 0.5
+    row = pictures["frequency"][0] * (view.y + pixel) / view.scale + pictures["phase"]
+    column = pictures["frequency"][1] * (view.x + pixel) / view.scale
+    grating = np.outer(np.sin(row), np.cos(column))
+    grating += np.outer(np.cos(row), np.sin(column))
+    noise = np.frombuffer(np.random.default_rng(view.noise_key).bytes(view.size ** 2 * 3), np.uint8)
+    image = grating[..., None] * pictures["colour"]
+    image += pictures["background"] - NOISE
+    image += noise.reshape(view.size, view.size, 3) * np.float32(2 * NOISE / 255)
+    return np.clip(np.round(image, out=image), 0, 255, out=image).astype(np.uint8)
 
 
-def _noise(rng: np.random.Generator, size: int) -> np.ndarray:
-    return np.frombuffer(rng.bytes(size * size * 3), np.uint8).reshape(size, size, 3)
+@functools.cache
+def _workers() -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1), thread_name_prefix="synthetic")
+
+
+def render_batch(classes: int, views: list[View]) -> dict:
+    """{'image': uint8 [n, size, size, 3], 'label': int32 [n]}; the examples are rendered in
+    parallel threads (numpy releases the GIL), each a pure function of its view."""
+    images = list(_workers().map(functools.partial(render, classes), views))
+    return {"image": np.stack(images), "label": np.array([view.label for view in views], np.int32)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,29 +117,28 @@ class Split:
     def num_examples(self) -> int:
         return self.classes * (TRAIN_PER_CLASS if self.train else VAL_PER_CLASS)
 
-    def train_example(self, seed: int, process_index: int, position: int, crop: int, scale_min: int,
-                      scale_max: int) -> tuple[View, np.ndarray]:
-        """The view and noise at a train stream position: a random class, scale and window."""
+    def train_view(self, seed: int, process_index: int, position: int, crop: int, scale_min: int,
+                   scale_max: int) -> View:
+        """The example at a train stream position: a random class, scale S and crop window of it."""
         rng = np.random.default_rng([seed, process_index, position])
         label, scale = int(rng.integers(self.classes)), int(rng.integers(scale_min, scale_max + 1))
         y, x = (int(round(offset * (scale - crop))) for offset in rng.random(2))
-        return View(label, scale, y, x, crop), _noise(rng, crop)
+        return View(label, scale, y, x, crop, noise_key=(seed, process_index, position, 1))
 
-    def eval_example(self, index: int, scale: int, crop: int) -> tuple[View, np.ndarray]:
+    def eval_view(self, index: int, scale: int, crop: int) -> View:
         """Validation example `index`: class index % classes, the centre crop x crop window at `scale`."""
-        rng = np.random.default_rng([VAL_KEY, index])
         offset = (scale - crop) // 2
-        return View(index % self.classes, scale, offset, offset, crop), _noise(rng, crop)
+        return View(index % self.classes, scale, offset, offset, crop, noise_key=(VAL_KEY, index))
 
     def train_batches(self, data_config, *, local_batch: int, seed: int, start_step: int,
                       process_index: int) -> Iterator[dict]:
         """Endless {'image': uint8 [b, crop, crop, 3], 'label': int32 [b]}; positions from
         start_step * b on."""
         c = data_config
-        for step in range(start_step, np.iinfo(np.int64).max):
-            examples = [self.train_example(seed, process_index, position, c.crop_size, c.scale_min, c.scale_max)
-                        for position in range(step * local_batch, (step + 1) * local_batch)]
-            yield self._batch(examples)
+        for step in itertools.count(start_step):
+            positions = range(step * local_batch, (step + 1) * local_batch)
+            yield render_batch(self.classes, [self.train_view(seed, process_index, p, c.crop_size, c.scale_min,
+                                                              c.scale_max) for p in positions])
 
     def eval_batches(self, data_config, *, local_batch: int, num_batches: int, process_index: int,
                      process_count: int) -> Iterator[dict]:
@@ -137,18 +146,13 @@ class Split:
         indices = list(range(process_index, self.num_examples, process_count))
         for b in range(num_batches):
             chunk = indices[b * local_batch:(b + 1) * local_batch]
-            real = [self.eval_example(i, data_config.eval_scale, data_config.crop_size) for i in chunk]
-            padding = [self.eval_example(0, data_config.eval_scale, data_config.crop_size)] * (local_batch - len(chunk))
-            batch = self._batch(real + padding)
+            padded = chunk + [0] * (local_batch - len(chunk))
+            batch = render_batch(self.classes, [self.eval_view(i, data_config.eval_scale, data_config.crop_size)
+                                                for i in padded])
             yield {**batch, "mask": np.arange(local_batch) < len(chunk)}
 
     def eval_images(self, scale: int, process_index: int, process_count: int) -> Iterator[tuple[np.ndarray, int]]:
         """(uint8 [scale, scale, 3], label): each whole picture of this process's shard at test scale Q."""
         for index in range(process_index, self.num_examples, process_count):
-            view, noise = self.eval_example(index, scale, scale)
-            yield render(self.classes, [view], [noise])[0], view.label
-
-    def _batch(self, examples: list[tuple[View, np.ndarray]]) -> dict:
-        views, noise = zip(*examples)
-        return {"image": render(self.classes, list(views), list(noise)),
-                "label": np.array([view.label for view in views], np.int32)}
+            view = self.eval_view(index, scale, scale)
+            yield render(self.classes, view), view.label
