@@ -20,10 +20,8 @@ import logging
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from absl import app, flags  # noqa: E402
-from ml_collections import ConfigDict, config_flags  # noqa: E402
+from absl import app, flags
+from ml_collections import ConfigDict, config_flags
 
 config_flags.DEFINE_config_file("config", "configs/default.py", "ml_collections config file (default: "
                                 "the first checkpoint's config.json, else the digits config's fields)")
@@ -103,11 +101,12 @@ def main(argv):
         paths, scales = check_arguments(FLAGS)
     except ValueError as error:
         sys.exit(f"error: {error}")
-    import jax  # TensorFlow and JAX: seconds to import
+    import jax  # seconds to import
 
-    from vgg_jax import checkpoints, evaluation, sharding, weights
+    from vgg_jax import checkpoints, devices, evaluation, sharding, weights
 
     sharding.initialize_processes(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+    devices.log_devices()
     try:
         paths = [weights.resolve(path) for path in paths]  # pretrained:NAME -> its cached model directory
         config = data_config(FLAGS, paths)
