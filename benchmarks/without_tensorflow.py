@@ -1,6 +1,7 @@
 """Runs a Python script as if TensorFlow and tensorflow-datasets were not installed.
 
   python -m benchmarks.without_tensorflow SCRIPT [ARGS...]     # e.g. train.py --config ...
+  python -m benchmarks.without_tensorflow -m MODULE [ARGS...]  # e.g. -m pytest --collect-only ...
 
 Many JAX GPU/TPU environments have no TensorFlow; this shows on any machine that what the
 script does needs none: every `import tensorflow` (or tensorflow_datasets, clu) in the process
@@ -28,11 +29,14 @@ def block() -> None:
 def main() -> None:
     if len(sys.argv) < 2:
         sys.exit(__doc__)
-    script = sys.argv[1]
     block()
-    sys.argv = sys.argv[1:]
-    sys.path[0] = os.path.dirname(os.path.abspath(script))  # as `python SCRIPT` would
-    runpy.run_path(script, run_name="__main__")
+    if sys.argv[1] == "-m":
+        sys.argv = sys.argv[2:]
+        runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+    else:
+        sys.argv = sys.argv[1:]
+        sys.path[0] = os.path.dirname(os.path.abspath(sys.argv[0]))  # as `python SCRIPT` would
+        runpy.run_path(sys.argv[0], run_name="__main__")
 
 
 if __name__ == "__main__":
