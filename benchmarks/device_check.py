@@ -59,7 +59,7 @@ class Size:
     collect_only: bool  # (e): import the test files only
 
 
-FULL = Size("vgg16", 1.0, 224, 256, ("bfloat16", "float32"), 10, (128, 256), None, 300, 256, 500, 100, 60, False)
+FULL = Size("vgg16", 1.0, 224, 256, ("bfloat16", "float32"), 10, (128, 256), None, 200, 256, 500, 80, 60, False)
 TOY = Size("vgg11", 1 / 32, 32, 8, ("bfloat16",), 1, (8, 16), 8, 30, 8, 100, 6, 60, True)
 
 
