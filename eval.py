@@ -27,7 +27,7 @@ config_flags.DEFINE_config_file("config", "configs/default.py", "ml_collections 
                                 "the first checkpoint's config.json, else the digits config's fields)")
 flags.DEFINE_string("workdir", None, "a training workdir to evaluate (and write the results to)")
 flags.DEFINE_multi_string("checkpoint", [], "a workdir, model directory or pretrained:NAME; repeat for an ensemble")
-flags.DEFINE_string("dataset", None, "data source: a tfds name ('imagenet2012'), 'digits' or 'folder:PATH'")
+flags.DEFINE_string("dataset", None, "data source: a tfds name ('imagenet2012'), 'digits', 'synthetic' or 'folder:PATH'")
 flags.DEFINE_string("data_dir", None, "tfds data_dir")
 flags.DEFINE_string("split", None, "the split to evaluate (default: the config's eval_split; "
                     "'validation' with --dataset and no training config)")
