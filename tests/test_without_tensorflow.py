@@ -48,7 +48,7 @@ def test_the_dry_run_trains_resumes_and_evaluates_without_tensorflow(tmp_path):
     overruns, and in (d) a train.py run on the synthetic source that does not stop and save on
     SIGTERM, does not resume from that step, or whose workdir eval.py cannot evaluate."""
     run = subprocess.run(["bash", "benchmarks/device_check.sh", "--cpu-dry-run"], cwd=ROOT, capture_output=True,
-                         text=True, env={**os.environ, "OUT": str(tmp_path)}, timeout=600)
+                         text=True, env={**os.environ, "OUT": str(tmp_path)}, timeout=2100)  # > the sections budgets
     assert run.returncode == 0, run.stderr[-3000:]
     report = (tmp_path / "device_report.md").read_text()
     assert "FAILED" not in report and "budget" not in report, report
