@@ -27,8 +27,8 @@ import optax
 
 import vgg_jax
 from vgg_jax import checkpoints, compilation, configuration, input_pipeline, sharding, weights
-from vgg_jax.tensorboard_writer import ScalarWriter
 from vgg_jax.normalization import Normalization
+from vgg_jax.tensorboard_writer import ScalarWriter
 
 log = logging.getLogger("vgg_jax.train")
 
