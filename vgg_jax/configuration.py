@@ -93,7 +93,8 @@ def source_problems(source: str) -> list[str]:
     try:
         tfds.builder_cls(source.split("/")[0].split(":")[0])
     except Exception:  # tfds raises DatasetNotFoundError and friends
-        return [f"data.source={source!r} is neither 'synthetic', 'digits', 'folder:PATH' nor a tensorflow-datasets name"]
+        return [f"data.source={source!r} is neither 'digits', 'folder:PATH' nor a tensorflow-datasets name "
+                "(nor 'synthetic[:CLASSES]')"]
     return []
 
 
