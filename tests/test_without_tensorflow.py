@@ -1,6 +1,7 @@
 """The core without TensorFlow: imports, the synthetic source, TensorBoard events, the device
 check's dry run (train.py: train, evaluate, save, SIGTERM, resume; eval.py) with TF blocked."""
 
+import logging
 import os
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import synthetic as synthetic_config
-from vgg_jax import configuration, input_pipeline, synthetic
+from vgg_jax import configuration, devices, input_pipeline, synthetic
 from vgg_jax.normalization import Normalization
 from vgg_jax.tensorboard_writer import ScalarWriter
 
@@ -166,3 +167,16 @@ def test_tensorboard_scalars_are_what_tf_summary_writes(tmp_path):
         assert (step, tag, plugin, value.dtype, value.shape) == (t_step, t_tag, t_plugin, t_value.dtype, t_value.shape)
         assert value == t_value
 
+
+
+@pytest.mark.parametrize("gpu_on_host", [True, False])
+def test_a_cpu_jax_on_a_gpu_host_warns_once_with_the_install_line(gpu_on_host, monkeypatch, caplog):
+    """Catches a GPU host training on its CPU without a word (a CPU-only jax installed there),
+    or the warning shown on a host without a GPU."""
+    monkeypatch.setattr(devices, "host_has_nvidia_gpu", lambda: gpu_on_host)
+    with caplog.at_level(logging.INFO, logger="vgg_jax"):
+        devices.log_devices()
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert "backend cpu: 4 devices (4 x cpu), 1 process" in caplog.text  # conftest's four CPU devices
+    assert len(warnings) == (1 if gpu_on_host else 0)
+    assert not gpu_on_host or 'jax[cuda13]' in warnings[0]
