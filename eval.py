@@ -21,12 +21,10 @@ import logging
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import app, flags
+from ml_collections import ConfigDict, config_flags
 
-from absl import app, flags  # noqa: E402
-from ml_collections import ConfigDict, config_flags  # noqa: E402
-
-from vgg_jax import command_line  # noqa: E402
+from vgg_jax import command_line
 
 config_flags.DEFINE_config_file("config", "configs/default.py", "ml_collections config file (default: "
                                 "the first checkpoint's config.json, else the digits config's fields)")
@@ -34,7 +32,7 @@ flags.DEFINE_string("workdir", None, "a training workdir to evaluate (and write 
 flags.DEFINE_multi_string("checkpoint", [], "a workdir, model directory, weight file (with --arch), "
                           "pretrained:NAME or NAME; repeat for an ensemble")
 flags.DEFINE_string("arch", None, "the architecture of --checkpoint weight files (.pth, .safetensors, .h5)")
-flags.DEFINE_string("dataset", None, "data source: a tfds name ('imagenet2012'), 'digits' or 'folder:PATH'")
+flags.DEFINE_string("dataset", None, "data source: a tfds name ('imagenet2012'), 'digits', 'synthetic' or 'folder:PATH'")
 flags.DEFINE_string("data_dir", None, "tfds data_dir")
 flags.DEFINE_string("split", None, "the split to evaluate (default: the config's eval_split; "
                     "'validation' with --dataset and no training config)")
@@ -106,11 +104,12 @@ def main(argv):
         paths, scales = check_arguments(FLAGS)
     except ValueError as error:
         sys.exit(f"error: {error}")
-    import jax  # TensorFlow and JAX: seconds to import
+    import jax  # seconds to import
 
-    from vgg_jax import checkpoints, evaluation, loading
+    from vgg_jax import checkpoints, devices, evaluation, loading
 
     command_line.initialize_processes()
+    devices.log_devices()
     try:
         for path in paths:  # a wrong source is named before the data are looked for
             loading.classify(path)

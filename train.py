@@ -12,12 +12,10 @@ import logging
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import app, flags
+from ml_collections import config_flags
 
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from vgg_jax import command_line  # noqa: E402
+from vgg_jax import command_line
 
 config_flags.DEFINE_config_file("config", "configs/default.py", "ml_collections config file")
 flags.DEFINE_string("workdir", None, "checkpoints, TensorBoard events, config.json and results.json "
@@ -35,13 +33,14 @@ def ignore_closed_event_loops(unraisable):
 
 def main(argv):
     del argv
-    from vgg_jax import training
+    from vgg_jax import devices, training
 
     command_line.initialize_processes()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save at INFO
     logging.getLogger("absl").addFilter(training.without_orbax_tracebacks)
     sys.unraisablehook = ignore_closed_event_loops
+    devices.log_devices()
     workdir = flags.FLAGS.workdir or os.path.join("runs", flags.FLAGS.config.name)
     try:
         results = training.train_and_evaluate(flags.FLAGS.config, workdir)

@@ -1,6 +1,6 @@
 """The vgg_jax workloads the benchmarks time: forward pass and train step, and their FLOPs.
 
-Kept free of torch so benchmarks/gpu_check.sh needs only jax.
+Kept free of torch so benchmarks/device_check.sh needs only jax.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ def get_config():
     config.model.remat = False  # recompute conv blocks in the backward pass: vgg16 ~38% fewer temporaries, 6-21% slower
 
     config.data = ml_collections.ConfigDict()
-    config.data.source = "digits"  # 'digits', a tfds name ('imagenet2012', 'tf_flowers'), or 'folder:PATH'
+    config.data.source = "digits"  # 'digits', 'synthetic[:CLASSES]', a tfds name ('imagenet2012', 'tf_flowers'), or 'folder:PATH'
     config.data.data_dir = None  # tfds data_dir (ImageNet's manual download lives under it)
     config.data.train_split = "train"
     config.data.eval_split = "test"

@@ -13,7 +13,8 @@ import jax
 import ml_collections
 
 import vgg_jax
-from vgg_jax import input_pipeline
+from vgg_jax import input_pipeline, synthetic
+from vgg_jax.lazy_tensorflow import MissingTensorFlow, tf, tfds
 
 SCHEDULES = ("plateau", "step", "cosine")
 DTYPES = ("float32", "bfloat16")
@@ -72,20 +73,28 @@ def data_problems(data) -> list[str]:
 
 def source_problems(source: str) -> list[str]:
     if not isinstance(source, str) or not source:
-        return [f"data.source={source!r} must be 'digits', a tfds name or 'folder:PATH'"]
-    if source == "digits":
-        return []
+        return [f"data.source={source!r} must be 'synthetic[:CLASSES]', 'digits', a tfds name or 'folder:PATH'"]
+    try:
+        if synthetic.num_classes(source):
+            return []
+    except ValueError as error:
+        return [str(error)]
     if source.startswith(input_pipeline.FOLDER_PREFIX):
         root = os.path.expanduser(source[len(input_pipeline.FOLDER_PREFIX):])
         if not os.path.isdir(root):
             return [f"data.source={source!r}: no folder at {os.path.abspath(root)}"]
-        return []
-    import tensorflow_datasets as tfds
-
+    try:  # every other source reads its images with tf.data
+        tf.load()
+        if source == "digits" or source.startswith(input_pipeline.FOLDER_PREFIX):
+            return []
+        tfds.load()
+    except MissingTensorFlow as error:
+        return [f"data.source={source!r}: {error}"]
     try:
         tfds.builder_cls(source.split("/")[0].split(":")[0])
     except Exception:  # tfds raises DatasetNotFoundError and friends
-        return [f"data.source={source!r} is neither 'digits', 'folder:PATH' nor a tensorflow-datasets name"]
+        return [f"data.source={source!r} is neither 'digits', 'folder:PATH' nor a tensorflow-datasets name "
+                "(nor 'synthetic[:CLASSES]')"]
     return []
 
 

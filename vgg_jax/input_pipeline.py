@@ -1,8 +1,10 @@
 """Input pipeline: tfds datasets, image folders and the offline digits -> numpy batches.
 
-Every source yields (encoded image bytes, label) and goes through the same decode and
-preprocessing ops. Sources:
+Every tf.data source yields (encoded image bytes, label) and goes through the same decode and
+preprocessing ops; TensorFlow is imported when one is first built (`vgg_jax.lazy_tensorflow`).
+Sources:
   'digits'        scikit-learn's handwritten digits (offline; `vgg_jax.digits`)
+  'synthetic[:C]' generated class patterns (`vgg_jax.synthetic`): numpy alone, no TensorFlow
   'folder:PATH'   PATH/<class>/<image>, split by PATH/train and PATH/val folders when present,
                   else by a seeded per-class fraction `val_fraction` held out for evaluation
   any other name  a tfds image-classification dataset ('imagenet2012', 'tf_flowers', ...)
@@ -36,14 +38,11 @@ from typing import Callable, Iterator
 
 import jax
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
-from vgg_jax import digits
+from vgg_jax import digits, synthetic
 from vgg_jax import preprocessing as pp
+from vgg_jax.lazy_tensorflow import tf, tfds  # imported when a tf.data source is first built
 from vgg_jax.normalization import Normalization
-
-tf.config.set_visible_devices([], "GPU")  # TF only decodes and augments; the accelerators are JAX's
 
 FOLDER_PREFIX = "folder:"
 TRAIN_ATTEMPTS = 8  # an unreadable train file is replaced by the next of up to 7 following files
@@ -295,8 +294,37 @@ def _load_folder_split(root: str, split: str, train_split: str, val_fraction: fl
     return _folder_split(files, class_names)
 
 
+@dataclasses.dataclass(frozen=True)
+class _SyntheticSplit:
+    """A split of the synthetic source: generated, so no file is ever skipped."""
+    generator: synthetic.Split
+    skipped: SkippedFiles = dataclasses.field(default_factory=SkippedFiles)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.generator.class_names
+
+    @property
+    def num_examples(self) -> int:
+        return self.generator.num_examples
+
+
+@functools.lru_cache(maxsize=None)
+def _synthetic_split(classes: int, train: bool) -> _SyntheticSplit:
+    return _SyntheticSplit(synthetic.Split(classes, train))
+
+
+def _normalize_synthetic(image: np.ndarray, normalization: Normalization) -> np.ndarray:
+    """`pp.normalize` in numpy for the synthetic source's uint8 images, until normalisation
+    moves onto the device (issue 18). The synthetic source gets no flips or colour shift."""
+    image = (image.astype(np.float32) - np.float32(normalization.mean_rgb)) / np.float32(normalization.std_rgb)
+    return image[..., ::-1] if normalization.bgr else image
+
+
 def _load_split(data_config, split: str):
     source = data_config.source
+    if synthetic.num_classes(source):
+        return _synthetic_split(synthetic.num_classes(source), split == data_config.train_split)
     if source == "digits":
         return _digits_split(split)
     if source.startswith(FOLDER_PREFIX):
@@ -401,6 +429,10 @@ def train_batches(data_config, *, global_batch_size: int, normalization: Normali
     process_index, process_count = _processes(process_index, process_count)
     local_batch = _local_batch(global_batch_size, process_count)
     split = _load_split(data_config, data_config.train_split)
+    if isinstance(split, _SyntheticSplit):
+        batches = split.generator.train_batches(data_config, local_batch=local_batch, seed=seed,
+                                                start_step=start_step, process_index=process_index)
+        return ({**batch, "image": _normalize_synthetic(batch["image"], normalization)} for batch in batches)
     preprocess = functools.partial(preprocess_train, data_config=data_config, normalization=normalization,
                                    key=tf.constant([seed, process_index], tf.int64))
     stream = split.train_stream(seed, start_step * local_batch, process_index, process_count,
@@ -444,6 +476,11 @@ def eval_batches(data_config, *, split: str | None = None, global_batch_size: in
     split = split or data_config.eval_split
     source = _load_split(data_config, split)
     num_batches = math.ceil(math.ceil(source.num_examples / process_count) / local_batch)
+    if isinstance(source, _SyntheticSplit):
+        batches = source.generator.eval_batches(data_config, local_batch=local_batch, num_batches=num_batches,
+                                                process_index=process_index, process_count=process_count)
+        yield from ({**batch, "image": _normalize_synthetic(batch["image"], normalization)} for batch in batches)
+        return
     crop = data_config.crop_size
 
     def preprocess(data, label):
@@ -468,6 +505,10 @@ def eval_images(data_config, *, split: str | None = None, scale: int, normalizat
     process_index, process_count = _processes(process_index, process_count)
     split = split or data_config.eval_split
     source = _load_split(data_config, split)
+    if isinstance(source, _SyntheticSplit):
+        images = source.generator.eval_images(scale, process_index, process_count)
+        yield from ((_normalize_synthetic(image, normalization), label) for image, label in images)
+        return
 
     def preprocess(data, label):
         image = pp.normalize(pp.rescale_smallest_side(pp.decode(data), scale), normalization)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import tensorflow as tf
 
+from vgg_jax.lazy_tensorflow import tf  # imported at the first op: `import vgg_jax.preprocessing` needs no TF
 from vgg_jax.normalization import Normalization
 
 # AlexNet's PCA of ImageNet RGB pixels on a 0-1 scale: eigenvalues, eigenvectors as columns.

@@ -24,11 +24,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from clu import metric_writers
 
 import vgg_jax
 from vgg_jax import checkpoints, compilation, configuration, input_pipeline, loading, sharding, weights
 from vgg_jax.normalization import Normalization
+from vgg_jax.tensorboard_writer import ScalarWriter
 
 log = logging.getLogger("vgg_jax.train")
 
@@ -304,7 +304,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                      run.num_steps, f", {progress.stopped}" if progress.stopped else "")
             return read_results(run.workdir)
         write_config(run)
-        writer = metric_writers.create_default_writer(run.workdir, just_logging=jax.process_index() > 0)
+        writer = ScalarWriter(run.workdir if jax.process_index() == 0 else None)  # TensorBoard events
         state, progress, outcome = train_loop(run, state, progress, writer)
         checkpoints.finish_saving(run.manager)
         return finish(run, state, progress, outcome)

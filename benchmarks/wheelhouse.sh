@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Downloads into wheelhouse/ (ignored by git) the small pure-Python wheels that the accelerator
+# image lacks, for Python 3.12 on x86-64 Linux; benchmarks/device_check.sh installs them there
+# without a network. Run where pip can reach PyPI, from anywhere.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+  -d wheelhouse "ml_collections==1.1.0"
+ls -l wheelhouse
