@@ -16,7 +16,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     (["-m", "vgg_jax.predict"], "python -m vgg_jax.predict --checkpoint pretrained:vgg16 cat.jpg",
      ["--checkpoint", "--arch", "--heatmap_scale"]),
     (["-m", "vgg_jax.weights"], "python -m vgg_jax.weights download vgg16", ["--out", "--arch", "--num_classes"]),
-], ids=["train", "eval", "predict", "weights"])
+    (["-m", "vgg_jax.stylize"], "python -m vgg_jax.stylize content.jpg style.jpg --out out.png",
+     ["--out", "--model", "--size", "--learning_rate", "--style_weight", "--content_weight", "--tv_weight"]),
+    (["-m", "vgg_jax.export"], "python -m vgg_jax.export --checkpoint runs/default --out exported",
+     ["--checkpoint", "--out", "--arch", "--platforms"]),
+], ids=["train", "eval", "predict", "weights", "stylize", "export"])
 def test_help_shows_an_example_and_the_flags(command, example, flags):
     """Catches a CLI whose --help fails, hides the shared multi-process flags, or shows no example."""
     done = subprocess.run([sys.executable, *command, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -109,6 +109,17 @@ def test_description_names_the_input_convention_and_classes(exported):
 
 
 def test_unreadable_source_is_a_one_line_error(tmp_path, capsys):
+    """Catches a traceback for a missing checkpoint."""
     assert export.main(["--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path / "out")]) == 1
     error = capsys.readouterr().err.strip()
     assert error.startswith("error:") and "\n" not in error
+
+
+def test_unknown_platform_is_one_line_before_loading(tmp_path, capsys):
+    """Catches a misspelt platform passed on to jax.export (which takes any name) or a traceback."""
+    with pytest.raises(SystemExit) as stopped:
+        export.main(["--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path / "out"),
+                     "--platforms", "cpu,cdua"])
+    error = capsys.readouterr().err.strip()
+    assert stopped.value.code == 2 and error.startswith("error: flag --platforms=['cpu', 'cdua']:") and "\n" not in error
+    assert not (tmp_path / "out").exists()

@@ -2,7 +2,6 @@
 fine-tuning step."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest

@@ -218,6 +218,28 @@ def test_cli_unreadable_image_is_a_one_line_error(narrow_model_dir, photos, tmp_
     assert not (tmp_path / "out.png").exists()
 
 
+@pytest.mark.parametrize("flags,named", [
+    (["--size", "16"], "--size=16"),  # too small for VGG's five poolings
+    (["--steps", "0"], "--steps=0"),
+    (["--optimizer", "sgd"], "--optimizer=sgd"),
+    (["--style_weight", "-1"], "--style_weight=-1"),
+])
+def test_cli_bad_value_is_one_line_before_any_work(photos, tmp_path, capsys, flags, named):
+    """Catches a bad value that is accepted (a 16-pixel picture fails deep inside VGG) or
+    answered with a traceback instead of one line and status 2."""
+    with pytest.raises(SystemExit) as stopped:
+        stylize.main([photos["china"], photos["flower"], "--out", str(tmp_path / "out.png"), *flags])
+    error = capsys.readouterr().err.strip()
+    assert stopped.value.code == 2 and error.startswith(f"error: flag {named}:") and "\n" not in error
+
+
+def test_cli_needs_two_pictures(tmp_path, capsys):
+    """Catches a missing style picture read as something else, or a traceback."""
+    assert stylize.main(["content.jpg", "--out", str(tmp_path / "out.png")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: give the content and the style picture") and "\n" not in error
+
+
 def test_unknown_pool_is_refused():
     """Catches a misspelt pool silently falling back to max-pooling."""
     with pytest.raises(ValueError, match="unknown pool 'mean'"):

@@ -1,6 +1,6 @@
 """What every command line shares. One style, absl flags (`--name=value` or `--name value`,
 `--help`), because train.py and eval.py need ml_collections' `--config.a.b=v` overrides, which
-are absl flags; predict and `python -m vgg_jax.weights` parse theirs the same way.
+are absl flags; the module CLIs (predict, weights, stylize, export) parse theirs the same way.
 """
 
 from __future__ import annotations

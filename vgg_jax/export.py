@@ -1,9 +1,10 @@
 """A model's inference as `jax.export` artefacts that run with jax and numpy alone (no vgg_jax, no flax).
 
-  python -m vgg_jax.export --checkpoint SOURCE --out DIR [--arch vgg16] [--platforms cpu,cuda]
+  python -m vgg_jax.export --checkpoint runs/default --out exported
+  python -m vgg_jax.export --checkpoint vgg16-397923af.pth --arch vgg16 --out exported --platforms cpu,tpu
 
-SOURCE is a training workdir, a model directory, pretrained:NAME, or a weight file (name its
---arch). DIR receives:
+--checkpoint is a training workdir, a model directory, pretrained:NAME, or a weight file (name its
+--arch). The --out folder receives:
 
   logits.jax    (weights, images (b, S, S, 3)) -> logits (b, classes), any batch size b
   scores.jax    (weights, images (b, h, w, 3)) -> class score maps (b, h//32 - S//32 + 1, ..., classes),
@@ -14,13 +15,12 @@ SOURCE is a training workdir, a model directory, pretrained:NAME, or a weight fi
 Images are float32 RGB pixels on a 0-255 scale; the weights' mean, std and channel order are
 applied inside the artefact. To run one:
 
-    exported = jax.export.deserialize(open("DIR/logits.jax", "rb").read())
-    logits = exported.call(dict(np.load("DIR/weights.npz")), images)
+    exported = jax.export.deserialize(open("exported/logits.jax", "rb").read())
+    logits = exported.call(dict(np.load("exported/weights.npz")), images)
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -28,16 +28,33 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 from flax import traverse_util
 
 import vgg_jax
-from vgg_jax import checkpoints, loading
+from vgg_jax import checkpoints, command_line, loading
 from vgg_jax.predict import class_names
 
 ARTEFACTS = {"logits": "logits.jax", "scores": "scores.jax"}
 WEIGHTS_FILE, SPEC_FILE = "weights.npz", "model.json"
 SEPARATOR = "/"
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")  # jax.export accepts any name, so it is checked here
+
+FLAGS = flags.FlagValues()  # this CLI's own, so that importing it defines no global flags
+flags.DEFINE_string("checkpoint", None, "a training workdir, model directory, pretrained:NAME or weight file "
+                    "(with --arch)", flag_values=FLAGS)
+flags.DEFINE_string("out", None, "the folder to write the artefacts to", flag_values=FLAGS)
+flags.DEFINE_enum("arch", None, sorted(vgg_jax.ARCHITECTURES), "a weight file's architecture", flag_values=FLAGS)
+flags.DEFINE_list("platforms", ["cpu", "cuda"], f"the platforms to export for, of {', '.join(PLATFORMS)}",
+                  flag_values=FLAGS)
+flags.mark_flags_as_required(["checkpoint", "out"], flag_values=FLAGS)
+
+
+@flags.validator("platforms", flag_values=FLAGS)
+def _known_platforms(platforms: list[str]) -> bool:
+    if not platforms or not set(platforms) <= set(PLATFORMS):
+        raise flags.ValidationError(f"give one or more of {', '.join(PLATFORMS)}")
+    return True
 
 
 def inference_function(model: vgg_jax.VGG, spec: checkpoints.ModelSpec, dense: bool):
@@ -92,27 +109,21 @@ def write(directory: str, artefacts: dict[str, bytes], flat: dict[str, np.ndarra
         json.dump(description, f, indent=1)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True,
-                        help="a training workdir, model directory, pretrained:NAME or weight file")
-    parser.add_argument("--out", required=True, help="the folder to write the artefacts to")
-    parser.add_argument("--arch", help="a weight file's architecture, e.g. vgg16")
-    parser.add_argument("--platforms", default="cpu,cuda", help=f"comma-separated, of {', '.join(PLATFORMS)}")
-    args = parser.parse_args(argv)
-    platforms = tuple(args.platforms.split(","))
-    if not set(platforms) <= set(PLATFORMS):
-        parser.error(f"unknown platforms {sorted(set(platforms) - set(PLATFORMS))}; choose from {PLATFORMS}")
+def main(argv: list[str] | None = None) -> int:
+    extra = command_line.parse(FLAGS, argv, __doc__)
+    if extra:
+        print(f"error: export takes no positional arguments (see --help); got {' '.join(extra)!r}", file=sys.stderr)
+        return 2
     try:
-        model, variables, spec = loading.load(args.checkpoint, arch=args.arch)
-        artefacts, flat, description = export_model(model, variables, spec, platforms)
-        write(args.out, artefacts, flat, description)
+        model, variables, spec = loading.load(FLAGS.checkpoint, arch=FLAGS.arch)
+        artefacts, flat, description = export_model(model, variables, spec, tuple(FLAGS.platforms))
+        write(FLAGS.out, artefacts, flat, description)
     except (ValueError, OSError) as error:  # CheckpointError and WeightsError are ValueErrors
         print(f"error: {error}", file=sys.stderr)
         return 1
     sizes = ", ".join(f"{file} {len(data) / 1e3:.0f} kB" for file, data in artefacts.items())
     weight_bytes = sum(value.nbytes for value in flat.values())
-    print(f"{args.out}: {sizes}, {WEIGHTS_FILE} {weight_bytes / 1e6:.1f} MB, {len(description['class_names'])} classes")
+    print(f"{FLAGS.out}: {sizes}, {WEIGHTS_FILE} {weight_bytes / 1e6:.1f} MB, {len(description['class_names'])} classes")
     return 0
 
 

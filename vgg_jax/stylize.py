@@ -1,7 +1,8 @@
 """Neural style transfer (Gatys et al., 2016) of one picture after another (`vgg_jax.style`).
 
-  python -m vgg_jax.stylize content.jpg style.jpg --out out.png [--model pretrained:vgg19]
-      [--size 256] [--steps 300] [--optimizer lbfgs|adam] [--style-weight 1e6] [--tv-weight 0]
+  python -m vgg_jax.stylize content.jpg style.jpg --out out.png
+  python -m vgg_jax.stylize content.jpg style.jpg --out out.png --size 128 --steps 100 \\
+      --optimizer adam --learning_rate 5 --pool max
 
 Both pictures are rescaled so that their smallest side is --size; the result keeps the content
 picture's aspect ratio. --model is a model directory, a training workdir, a weight file (read as
@@ -10,7 +11,6 @@ vgg19) or pretrained:NAME. Each optimisation step is one jitted call; a progress
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -19,39 +19,35 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import tqdm  # noqa: E402
+from absl import flags  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from vgg_jax import loading, style  # noqa: E402
+from vgg_jax import command_line, loading, style  # noqa: E402
 from vgg_jax import preprocessing as pp  # noqa: E402
 from vgg_jax.models import POOLS  # noqa: E402
 
+FLAGS = flags.FlagValues()  # this CLI's own, so that importing it defines no global flags
+flags.DEFINE_string("out", None, "where to write the result (PNG, JPEG, ...)", flag_values=FLAGS)
+flags.DEFINE_string("model", "pretrained:vgg19", "model directory, training workdir, vgg19 weight file or "
+                    "pretrained:NAME", flag_values=FLAGS)
+flags.DEFINE_integer("size", 256, "smallest side of both pictures, in pixels (VGG pools five times)",
+                     lower_bound=32, flag_values=FLAGS)
+flags.DEFINE_integer("steps", 300, "optimisation steps", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_enum("optimizer", "lbfgs", style.OPTIMIZERS, "optax's L-BFGS with its line search, or Adam",
+                  flag_values=FLAGS)
+flags.DEFINE_float("learning_rate", style.ADAM_LEARNING_RATE, "Adam's step in pixels (0-255 scale); L-BFGS's "
+                   "line search needs none", flag_values=FLAGS)
+flags.DEFINE_float("style_weight", 1e6, "weight of the style loss (Gram matrices)", lower_bound=0.0,
+                   flag_values=FLAGS)
+flags.DEFINE_float("content_weight", 1.0, "weight of the content loss (relu4_2)", lower_bound=0.0,
+                   flag_values=FLAGS)
+flags.DEFINE_float("tv_weight", 0.0, "total variation weight (smoothness)", lower_bound=0.0, flag_values=FLAGS)
+flags.DEFINE_enum("pool", "avg", sorted(POOLS), "the network's pooling: Gatys et al. average, or max as trained",
+                  flag_values=FLAGS)
+flags.mark_flag_as_required("out", flag_values=FLAGS)
+
 _step = jax.jit(style.step, static_argnums=(3, 4))
 _loss = jax.jit(style.Objective.__call__)
-
-
-def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("content", help="the picture to restyle")
-    parser.add_argument("style", help="the picture whose style to take")
-    parser.add_argument("--out", required=True, help="where to write the result (PNG, JPEG, ...)")
-    parser.add_argument("--model", default="pretrained:vgg19",
-                        help="model directory, training workdir, vgg19 weight file or pretrained:NAME")
-    parser.add_argument("--size", type=int, default=256, help="smallest side of both pictures, in pixels")
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--optimizer", choices=style.OPTIMIZERS, default="lbfgs")
-    parser.add_argument("--learning-rate", type=float, default=style.ADAM_LEARNING_RATE,
-                        help="Adam's step in pixels (0-255 scale); L-BFGS's line search needs none")
-    parser.add_argument("--style-weight", type=float, default=1e6)
-    parser.add_argument("--content-weight", type=float, default=1.0)
-    parser.add_argument("--tv-weight", type=float, default=0.0, help="total variation weight (smoothness)")
-    parser.add_argument("--pool", choices=sorted(POOLS), default="avg",
-                        help="the network's pooling: Gatys et al. average (default), or max as trained")
-    args = parser.parse_args(argv)
-    if args.size < 32:
-        parser.error(f"--size must be at least 32 (VGG's five poolings), got {args.size}")
-    if args.steps < 1:
-        parser.error(f"--steps must be at least 1, got {args.steps}")
-    return args
 
 
 def rescaled(path: str, size: int) -> np.ndarray:
@@ -59,29 +55,33 @@ def rescaled(path: str, size: int) -> np.ndarray:
     return pp.rescale_smallest_side(pp.load_image_file(path), size).numpy()
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None) -> int:
+    pictures = command_line.parse(FLAGS, argv, __doc__)
+    if len(pictures) != 2:
+        print(f"error: give the content and the style picture (see --help); got {' '.join(pictures)!r}",
+              file=sys.stderr)
+        return 2
     try:
-        content, style_image = rescaled(args.content, args.size), rescaled(args.style, args.size)
-        model, variables, spec = loading.load(args.model, arch="vgg19")
+        content, style_image = [rescaled(path, FLAGS.size) for path in pictures]
+        model, variables, spec = loading.load(FLAGS.model, arch="vgg19")
     except ValueError as error:  # as are CheckpointError and WeightsError
         print(f"error: {error}", file=sys.stderr)
         return 1
-    loss = style.objective(model.clone(pool=args.pool), variables, spec.normalization, content, style_image,
-                           style_weight=args.style_weight, content_weight=args.content_weight,
-                           tv_weight=args.tv_weight)
-    image, state = style.start(content, args.optimizer, args.learning_rate)
-    with tqdm.trange(args.steps, desc="stylize", unit="step", file=sys.stderr) as bar:
+    loss = style.objective(model.clone(pool=FLAGS.pool), variables, spec.normalization, content, style_image,
+                           style_weight=FLAGS.style_weight, content_weight=FLAGS.content_weight,
+                           tv_weight=FLAGS.tv_weight)
+    image, state = style.start(content, FLAGS.optimizer, FLAGS.learning_rate)
+    with tqdm.trange(FLAGS.steps, desc="stylize", unit="step", file=sys.stderr) as bar:
         for _ in bar:
-            image, state, value = _step(loss, image, state, args.optimizer, args.learning_rate)
+            image, state, value = _step(loss, image, state, FLAGS.optimizer, FLAGS.learning_rate)
             bar.set_postfix(loss=f"{float(value):.4g}")
     try:
-        Image.fromarray(np.uint8(np.round(np.clip(image, 0, 255)))).save(args.out)
+        Image.fromarray(np.uint8(np.round(np.clip(image, 0, 255)))).save(FLAGS.out)
     except (OSError, ValueError) as error:  # a missing folder, an unknown extension
-        print(f"error: cannot write {args.out}: {error}", file=sys.stderr)
+        print(f"error: cannot write {FLAGS.out}: {error}", file=sys.stderr)
         return 1
-    print(f"{args.out}: {content.shape[1]}x{content.shape[0]} pixels, loss {float(_loss(loss, content)):.4g} "
-          f"-> {float(_loss(loss, image)):.4g} in {args.steps} steps")
+    print(f"{FLAGS.out}: {content.shape[1]}x{content.shape[0]} pixels, loss {float(_loss(loss, content)):.4g} "
+          f"-> {float(_loss(loss, image)):.4g} in {FLAGS.steps} steps")
     return 0
 
 
