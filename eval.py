@@ -16,7 +16,6 @@ weights) from --dataset. Default test scales: from the training scales (S-32, S,
 Several processes (--coordinator, or a TPU pod / SLURM job) each evaluate their shard of the split.
 """
 
-import json
 import logging
 import os
 import sys
@@ -49,16 +48,15 @@ flags.adopt_module_key_flags(command_line)  # listed by --help with the flags be
 def training_config(path: str) -> ConfigDict | None:
     """The config.json a training run left in its workdir, if any (weight files and pretrained
     names have none)."""
+    from vgg_jax import run_files
+
     if not os.path.isdir(path):
         return None
     try:
-        with open(os.path.join(path, "config.json")) as f:
-            return ConfigDict(json.load(f))
-    except FileNotFoundError:
-        return None
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"cannot read {os.path.join(path, 'config.json')}: {error}; "
-                         "pass --config (or --dataset) instead") from error
+        config = run_files.read_run_config(path)
+    except ValueError as error:
+        raise ValueError(f"{error}; pass --config (or --dataset) instead") from error
+    return None if config is None else ConfigDict(config)
 
 
 def data_config(FLAGS, paths: list[str]) -> ConfigDict:

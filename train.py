@@ -33,12 +33,12 @@ def ignore_closed_event_loops(unraisable):
 
 def main(argv):
     del argv
-    from vgg_jax import devices, training
+    from vgg_jax import checkpoints, devices, training
 
     command_line.initialize_processes()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save at INFO
-    logging.getLogger("absl").addFilter(training.without_orbax_tracebacks)
+    logging.getLogger("absl").addFilter(checkpoints.without_orbax_tracebacks)
     sys.unraisablehook = ignore_closed_event_loops
     devices.log_devices()
     workdir = flags.FLAGS.workdir or os.path.join("runs", flags.FLAGS.config.name)

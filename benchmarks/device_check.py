@@ -98,15 +98,15 @@ def compiled_programs(size: Size, dtype: str, batch: int, remat: bool = False):
 
     import vgg_jax
     from benchmarks.workloads import train_setup
-    from vgg_jax import training
+    from vgg_jax import steps
 
     model, tx, train = train_setup(size.arch, width=size.width, image_size=size.image, dtype=jnp.dtype(dtype),
                                    remat=remat)
     keys = jax.random.split(jax.random.PRNGKey(0))
     batch_data = {"image": jax.random.normal(keys[0], (batch, size.image, size.image, 3), jnp.float32),
                   "label": jax.random.randint(keys[1], (batch,), 0, model.num_classes)}
-    state = training.create_train_state(model, tx, seed=0)
-    step = training.jitted_train_step(model, tx, train).lower(state, batch_data).compile()
+    state = steps.create_train_state(model, tx, seed=0)
+    step = steps.jitted_train_step(model, tx, train).lower(state, batch_data).compile()
     forward = vgg_jax.jit(model.apply).lower(state.variables(), batch_data["image"]).compile()
     return model, state, batch_data, forward, step
 

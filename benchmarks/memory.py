@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.workloads import interleaved_medians, jax_functions, train_setup
-from vgg_jax import training
+from vgg_jax import steps
 
 ACCELERATORS = {"H200 (141 GB)": 141e9, "TPU v5e chip (16 GB)": 16e9}
 GB = 1e9
@@ -30,10 +30,10 @@ def train_step_memory(arch: str, batch: int, size: int = 224, **model_kwargs) ->
     """(state bytes, temporary bytes) of the compiled train step at this batch size."""
     model, tx, train = train_setup(arch, **model_kwargs)
     variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, 3)))
-    state = jax.eval_shape(lambda v: training.create_train_state(model, tx, 0, v), variables)
+    state = jax.eval_shape(lambda v: steps.create_train_state(model, tx, 0, v), variables)
     images = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
     labels = jax.ShapeDtypeStruct((batch,), jnp.int32)
-    step = training.jitted_train_step(model, tx, train)
+    step = steps.jitted_train_step(model, tx, train)
     memory = step.lower(state, {"image": images, "label": labels}).compile().memory_analysis()
     fixed = memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
     return fixed, memory.temp_size_in_bytes

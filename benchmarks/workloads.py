@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 import vgg_jax
 from configs import default as default_config
-from vgg_jax import training
+from vgg_jax import steps
 from vgg_jax.models import BLOCK_WIDTHS, FC_WIDTH, LAYOUTS
 
 ARCHS = {"vgg11": "A", "vgg16": "D", "vgg19": "E"}
@@ -53,7 +53,7 @@ def train_setup(arch: str, **model_kwargs):
     (SGD momentum 0.9, L2 5e-4 on kernels)."""
     model = vgg_jax.create_model(arch, **model_kwargs)
     train = default_config.get_config().train
-    return model, training.make_optimizer(train, steps_per_epoch=1), train
+    return model, steps.make_optimizer(train, steps_per_epoch=1), train
 
 
 def jax_functions(arch: str, dtype, images, labels, plain_jit: bool = False, **model_kwargs):
@@ -62,8 +62,8 @@ def jax_functions(arch: str, dtype, images, labels, plain_jit: bool = False, **m
     vgg_jax.COMPILER_OPTIONS, as a user's own jit would compile them."""
     model, tx, train = train_setup(arch, dtype=dtype, **model_kwargs)
     batch = {"image": jnp.asarray(images), "label": jnp.asarray(labels)}
-    state = [training.create_train_state(model, tx, seed=0)]
-    train_step = training.jitted_train_step(model, tx, train)
+    state = [steps.create_train_state(model, tx, seed=0)]
+    train_step = steps.jitted_train_step(model, tx, train)
     jit = vgg_jax.jit
     if plain_jit:
         train_step = jax.jit(train_step.__wrapped__, donate_argnums=0)

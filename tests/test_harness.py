@@ -16,7 +16,7 @@ import pytest
 
 from configs import default
 from test_training import quick_config
-from vgg_jax import checkpoints, compilation, configuration, training
+from vgg_jax import checkpoints, compilation, configuration, reporting, training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -293,8 +293,8 @@ def test_a_resume_refuses_a_new_batch_size_and_applies_a_new_learning_rate(tmp_p
 # --- small pieces ----------------------------------------------------------------------------
 
 def test_eta_shows_days():
-    assert training.format_duration(3 * 86_400 + 4 * 3600 + 5 * 60 + 6) == "3d 04:05:06"
-    assert training.format_duration(59.6) == "00:01:00"
+    assert reporting.format_duration(3 * 86_400 + 4 * 3600 + 5 * 60 + 6) == "3d 04:05:06"
+    assert reporting.format_duration(59.6) == "00:01:00"
 
 
 def test_compiler_option_is_dropped_with_one_warning_when_jaxlib_rejects_it(monkeypatch, caplog):

@@ -17,7 +17,7 @@ from flax import nnx
 import vgg_jax
 import vgg_jax.nnx
 from test_weights import TorchvisionVGG
-from vgg_jax import checkpoints, evaluation, loading, lpips, normalization, predict, training
+from vgg_jax import checkpoints, evaluation, loading, lpips, normalization, predict, preinit
 from vgg_jax.weights import WeightsError, download, import_to_checkpoint, import_weights
 from configs import default
 
@@ -73,7 +73,7 @@ def test_eval_members_and_train_init_from_read_every_kind(world, kind):
     config = default.get_config()
     config.model.arch = "vgg16"
     config.train.update(init_from=sources[kind], init_layers="all")
-    variables, convention = training.initial_variables(config, vgg_jax.vgg16(num_classes=10, image_size=32))
+    variables, convention = preinit.initial_variables(config, vgg_jax.vgg16(num_classes=10, image_size=32))
     assert_same_variables(variables, expected)  # weight files are read as model.arch's
     assert convention == normalization.TORCHVISION
 

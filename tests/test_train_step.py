@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import vgg_jax
-from vgg_jax import sharding, training
+from vgg_jax import run_files, sharding, steps, training
 
 
 def train_config(**overrides):
@@ -32,14 +32,14 @@ def batch(size=8, seed=0):
             "label": rng.integers(0, 4, size).astype(np.int32)}
 
 
-def run_steps(model, train, data, steps=1, devices=None, seed=0, dtype=jnp.float32, variables=None):
-    tx = training.make_optimizer(train, steps_per_epoch=10)
+def run_steps(model, train, data, count=1, devices=None, seed=0, dtype=jnp.float32, variables=None):
+    tx = steps.make_optimizer(train, steps_per_epoch=10)
     mesh = sharding.data_mesh(devices)
-    state = training.create_train_state(model, tx, seed, variables)
+    state = steps.create_train_state(model, tx, seed, variables)
     state = jax.tree.map(lambda v: v.astype(dtype) if jnp.issubdtype(v.dtype, jnp.floating) else v, state)
     state = sharding.replicate(state, mesh)
-    step = training.jitted_train_step(model, tx, train)
-    for _ in range(steps):
+    step = steps.jitted_train_step(model, tx, train)
+    for _ in range(count):
         state, metrics = step(state, sharding.global_batch(data, mesh))
     return state, metrics
 
@@ -78,8 +78,8 @@ def test_four_devices_equal_one_device(arch):
     with jax.enable_x64(True):
         model, train, data = tiny(arch, dtype=jnp.float64), train_config(), batch(16)
         data = {**data, "image": data["image"].astype(np.float64)}
-        one, one_metrics = run_steps(model, train, data, steps=3, devices=jax.devices()[:1], dtype=jnp.float64)
-        four, four_metrics = run_steps(model, train, data, steps=3, devices=jax.devices()[:4], dtype=jnp.float64)
+        one, one_metrics = run_steps(model, train, data, count=3, devices=jax.devices()[:1], dtype=jnp.float64)
+        four, four_metrics = run_steps(model, train, data, count=3, devices=jax.devices()[:4], dtype=jnp.float64)
     assert four.params["conv1_1"]["kernel"].sharding.mesh.devices.size == 4
     assert four.params["conv1_1"]["kernel"].dtype == np.float64
     np.testing.assert_allclose(four_metrics["loss"], one_metrics["loss"], rtol=1e-10)
@@ -89,8 +89,8 @@ def test_four_devices_equal_one_device(arch):
 
 def test_gradient_accumulation_equals_the_full_batch():
     model, train, data = tiny(), train_config(), batch(8)
-    full, _ = run_steps(model, train, data, steps=2, devices=jax.devices()[:1])
-    accumulated, _ = run_steps(model, train_config(accum_steps=4), data, steps=2, devices=jax.devices()[:1])
+    full, _ = run_steps(model, train, data, count=2, devices=jax.devices()[:1])
+    accumulated, _ = run_steps(model, train_config(accum_steps=4), data, count=2, devices=jax.devices()[:1])
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
                  accumulated.params, full.params)
 
@@ -98,8 +98,8 @@ def test_gradient_accumulation_equals_the_full_batch():
 def test_frozen_backbone_moves_only_the_head_and_keeps_bn_statistics():
     model, data = tiny("vgg11_bn"), batch()
     train = train_config(backbone_lr_multiplier=0.0)
-    initial = training.create_train_state(model, training.make_optimizer(train, 10), seed=0)
-    state, _ = run_steps(model, train, data, steps=2, devices=jax.devices()[:1])
+    initial = steps.create_train_state(model, steps.make_optimizer(train, 10), seed=0)
+    state, _ = run_steps(model, train, data, count=2, devices=jax.devices()[:1])
     for layer, values in state.params.items():
         if layer == "fc8":
             assert not np.allclose(values["kernel"], initial.params[layer]["kernel"])
@@ -112,10 +112,10 @@ def test_frozen_backbone_gives_fc8_the_full_gradient_update():
     # Cutting the gradient below fc8 changes which gradients are computed, not fc8's own.
     model, data = tiny(), batch()
     train = train_config(backbone_lr_multiplier=0.0)
-    frozen, _ = run_steps(model, train, data, steps=2, devices=jax.devices()[:1])
-    tx = training.make_optimizer(train, steps_per_epoch=10)
-    state = training.create_train_state(model, tx, seed=0)
-    step = vgg_jax.jit(functools.partial(training.train_step, model=model, tx=tx, frozen_backbone=False))
+    frozen, _ = run_steps(model, train, data, count=2, devices=jax.devices()[:1])
+    tx = steps.make_optimizer(train, steps_per_epoch=10)
+    state = steps.create_train_state(model, tx, seed=0)
+    step = vgg_jax.jit(functools.partial(steps.train_step, model=model, tx=tx, frozen_backbone=False))
     for _ in range(2):
         state, _ = step(state, data)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), frozen.params, state.params)
@@ -123,20 +123,20 @@ def test_frozen_backbone_gives_fc8_the_full_gradient_update():
 
 def test_plateau_divides_the_learning_rate_after_patience_then_stops_after_the_last_drop():
     model, train = tiny(), train_config(plateau_patience=2, max_lr_drops=2)
-    state = training.create_train_state(model, training.make_optimizer(train, 10), seed=0)
-    progress = training.Progress(spec=None)
+    state = steps.create_train_state(model, steps.make_optimizer(train, 10), seed=0)
+    progress = run_files.Progress(spec=None)
     rates = []
     for step, accuracy in enumerate((0.5, 0.6, 0.6, 0.6, 0.7, 0.7, 0.7, 0.8, 0.8)):
         assert progress.stopped is None
         state, progress = training.on_plateau(state, progress, accuracy, train, step)
-        rates.append(training.current_learning_rate(state))
+        rates.append(steps.current_learning_rate(state))
     np.testing.assert_allclose(rates, [0.05, 0.05, 0.05, 0.005, 0.005, 0.005, 0.0005, 0.0005, 0.0005], rtol=1e-6)
     assert [drop["step"] for drop in progress.lr_drops] == [3, 6]
     # The third plateau comes after max_lr_drops=2 drops: the paper's schedule ends there.
     assert progress.stopped is None
     state, progress = training.on_plateau(state, progress, 0.8, train, 9)
     assert "plateaued at 0.8000 after 2 learning-rate drops" in progress.stopped
-    assert training.current_learning_rate(state) == pytest.approx(0.0005)
+    assert steps.current_learning_rate(state) == pytest.approx(0.0005)
 
 
 def test_global_batch_not_divisible_by_devices_is_refused():

@@ -15,7 +15,7 @@ import tensorflow_datasets as tfds
 
 import vgg_jax
 from configs import default
-from vgg_jax import checkpoints, input_pipeline, training
+from vgg_jax import checkpoints, input_pipeline, preinit, steps, training
 from vgg_jax.normalization import PAPER
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,9 +50,9 @@ def test_one_train_step_for_every_variant_on_mock_imagenet(arch):
                                                   normalization=PAPER, seed=0))
     model = vgg_jax.create_model(arch, num_classes=1000, width=1 / 16, image_size=32, init_scheme="glorot")
     config.train.learning_rate = 1e-3
-    tx = training.make_optimizer(config.train, steps_per_epoch=1)
-    state = training.create_train_state(model, tx, seed=0, variables=numpy_init(model))
-    new_state, metrics = vgg_jax.jit(lambda s, b: training.train_step(s, b, model=model, tx=tx))(state, batch)
+    tx = steps.make_optimizer(config.train, steps_per_epoch=1)
+    state = steps.create_train_state(model, tx, seed=0, variables=numpy_init(model))
+    new_state, metrics = vgg_jax.jit(lambda s, b: steps.train_step(s, b, model=model, tx=tx))(state, batch)
     assert batch["image"].shape == (8, 32, 32, 3)
     assert np.isfinite(float(metrics["loss"])) and int(new_state.step) == 1
     assert not np.allclose(new_state.params["conv1_1"]["kernel"], state.params["conv1_1"]["kernel"])
@@ -142,13 +142,13 @@ def test_preinit_copies_exactly_the_paper_layers(target_arch):
     source_arch = "vgg11_bn" if target_arch.endswith("_bn") else "vgg11"
     _, source = tiny_variables(source_arch, seed=1)
     _, target = tiny_variables(target_arch, seed=2)
-    layers = checkpoints.layers_to_copy("net_a", target["params"])
-    merged, copied = checkpoints.copy_layers(target, source, layers)
-    assert copied == list(checkpoints.NET_A_LAYERS)
+    layers = preinit.layers_to_copy("net_a", target["params"])
+    merged, copied = preinit.copy_layers(target, source, layers)
+    assert copied == list(preinit.NET_A_LAYERS)
     for collection in merged:
         for name, value in merged[collection].items():
             owner = "conv" + name[2:] if name.startswith("bn") else name
-            expected = source if owner in checkpoints.NET_A_LAYERS else target
+            expected = source if owner in preinit.NET_A_LAYERS else target
             leaves_close(value, expected[collection][name], 0)
 
 
@@ -168,7 +168,7 @@ def test_preinit_with_incompatible_shapes_names_the_layers():
     wide = jax.tree.map(np.asarray, vgg_jax.vgg16(num_classes=10, width=0.25, image_size=32).init(
         jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
     with pytest.raises(checkpoints.CheckpointError, match="conv1_1: expected .*fc8"):
-        checkpoints.copy_layers(wide, source, checkpoints.NET_A_LAYERS)
+        preinit.copy_layers(wide, source, preinit.NET_A_LAYERS)
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_path):

@@ -13,6 +13,7 @@ accepts either.
 from __future__ import annotations
 
 import contextlib
+import logging
 import dataclasses
 import os
 import re
@@ -26,10 +27,10 @@ import orbax.checkpoint as ocp
 import vgg_jax
 from vgg_jax.normalization import Normalization
 
+log = logging.getLogger("vgg_jax.checkpoints")
+
 STATE, META = "state", "meta"
 BEST_METRIC = "val_top1"  # the validation metric that ranks steps (higher is better)
-# The paper (Sec. 3.1): deeper nets start from net A's first four convs and three FC layers.
-NET_A_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv3_2", "fc6", "fc7", "fc8")
 
 
 class CheckpointError(ValueError):
@@ -281,46 +282,25 @@ def check_fits(model: vgg_jax.VGG, variables: dict, source: str) -> None:
         raise CheckpointError(f"the checkpoint at {source} does not fit this model: " + "; ".join(problems))
 
 
-def copy_layers(target: dict, source: dict, layers: Iterable[str]) -> tuple[dict, list[str]]:
-    """`target` variables with `layers` (params and BN statistics) taken from `source`.
-
-    Used for the paper's pre-initialisation from net A, for continuing a same-config run at a
-    new training scale, and for transfer learning (all but the head). Raises naming every
-    layer whose shapes differ.
-    """
-    layers = list(layers)
-    missing = [layer for layer in layers if layer not in source["params"]]
-    if missing:
-        raise CheckpointError(f"layers not in the source checkpoint: {missing}")
-    problems = shape_mismatches(target["params"], source["params"], layers)
-    if problems:
-        raise CheckpointError("incompatible shapes for pre-initialisation: " + "; ".join(problems))
-    result = {collection: dict(values) for collection, values in target.items()}
-    for layer in layers:
-        # A conv of a BN net travels with its BN layer (scale, bias and running statistics).
-        names = (layer, layer.replace("conv", "bn")) if layer.startswith("conv") else (layer,)
-        for name in names:
-            for collection in ("params", "batch_stats"):
-                if name in source.get(collection, {}) and name in result.get(collection, {}):
-                    result[collection][name] = source[collection][name]
-    return result, layers
 
 
-def layers_to_copy(selection: str, target_params: dict) -> list[str]:
-    """'net_a' (the paper's rule), 'all', 'backbone' (all but fc8), or a comma-separated list."""
-    weight_layers = [name for name in target_params if not name.startswith("bn")]
-    if selection == "net_a":
-        return [name for name in NET_A_LAYERS if name in target_params]
-    if selection == "all":
-        return weight_layers
-    if selection == "backbone":
-        return [name for name in weight_layers if name != "fc8"]
-    return [name.strip() for name in selection.split(",") if name.strip()]
 
 
-def layer_table(target_params: dict, copied: Iterable[str], source: str) -> str:
-    """A log table: each weight layer and whether it came from `source` or is random."""
-    copied = set(copied)
-    rows = [f"{name:<8} {'copied from ' + source if name in copied else 'random init'}"
-            for name in target_params if not name.startswith("bn")]
-    return "\n".join(["layer    origin", *rows])
+
+
+def without_orbax_tracebacks(record: logging.LogRecord) -> bool:
+    """A logging filter: orbax's background save threads log a failed write with a long
+    traceback before the error reaches the loop, which then reports it as one line. Keep
+    their message, drop the traceback."""
+    if "orbax" in record.pathname and record.exc_info:
+        record.exc_info, record.exc_text = None, None
+    return True
+
+
+def close_quietly(manager) -> None:
+    """Closes the checkpoint manager on every exit path; a failed pending save has already
+    been reported by the error that ended the run."""
+    try:
+        manager.close()
+    except Exception as error:  # noqa: BLE001 - the original error is the one worth raising
+        log.debug("closing the checkpoint manager: %s", error)
