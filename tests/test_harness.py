@@ -16,7 +16,7 @@ import pytest
 
 from configs import default
 from test_training import quick_config
-from vgg_jax import checkpoints, compilation, configuration, reporting, training
+from vgg_jax import checkpoints, compilation, configuration, reporting, steps, training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,10 +25,10 @@ def scripted_validation(monkeypatch, accuracies):
     """Validation returns these top-1 values in turn: bookkeeping is tested, not learning."""
     values = iter(accuracies)
 
-    def evaluate(*args, **kwargs):
+    def validate(*args, **kwargs):
         top1 = next(values)
         return {"val_loss": 1.0 - top1, "val_top1": top1, "val_top5": 1.0, "val_count": 360}
-    monkeypatch.setattr(training, "evaluate", evaluate)
+    monkeypatch.setattr(steps, "validate", validate)
 
 
 def leaves_equal(a, b):
