@@ -16,13 +16,22 @@ p = k * batch in time independent of k:
   keyed on (seed, e), cut into windows of `shuffle_buffer` records, each window permuted with a
   key on (seed, e, window). A restart opens the shard holding its window's first record, skips
   inside it (at most one shard) and reads one window: the same work as a fresh start.
-Augmentation draws from stateless RNGs keyed on (seed, process, p).
+Crop scale and placement draw from stateless RNGs keyed on (seed, process, p).
 
 Folder files are listed at start-up (every process lists; each reads only its shard's files),
 never decoded before training: a file that cannot be decoded is found when it is read, replaced
 in the stream by the next file of the epoch's order (so positions, and hence restarts, stay
 exact), counted in `skipped_files` and reported as each epoch starts. Split sizes come from tfds
 metadata or the listing, read once: no per-step work touches the dataset's files or metadata.
+
+What the host yields (any source feeding the jitted steps yields the same): pixels only.
+  train_batches   {'image': uint8 [b, crop, crop, 3], 'label': int32 [b]}, b = global batch / processes
+  eval_batches    the same plus 'mask': bool [b] (False on padding and on unreadable files)
+  eval_images     (uint8 [H, W, 3] with min(H, W) = Q, int label), one image at a time
+The host decodes, cuts the crop window (scale and place drawn from (seed, process, position))
+and resizes, then rounds to uint8. Flip, colour shift and normalisation are arithmetic: they
+run on the device inside the jitted steps (`vgg_jax.augmentation`), keyed on (seed, step, index
+in the global batch), so a source needs no keys of its own.
 """
 
 from __future__ import annotations
@@ -41,7 +50,6 @@ import tensorflow_datasets as tfds
 
 from vgg_jax import digits
 from vgg_jax import preprocessing as pp
-from vgg_jax.normalization import Normalization
 
 tf.config.set_visible_devices([], "GPU")  # TF only decodes and augments; the accelerators are JAX's
 
@@ -379,33 +387,38 @@ def _local_batch(global_batch_size: int, process_count: int) -> int:
     return global_batch_size // process_count
 
 
-def preprocess_train(position, data, label, *, data_config, normalization: Normalization, key):
-    """The train example at stream `position`: scale S in [Smin, Smax], random crop, flip, colour shift."""
-    seeds = tf.random.experimental.stateless_split(
-        tf.random.experimental.stateless_fold_in(key, position), 4)
+def preprocess_train(position, data, label, *, data_config, key):
+    """The train example at stream `position`: scale S in [Smin, Smax], a random crop window,
+    decoded and resized to uint8 (flip and colour shift follow on the device)."""
+    seeds = tf.random.experimental.stateless_split(tf.random.experimental.stateless_fold_in(key, position), 2)
     c = data_config
     scale = tf.random.stateless_uniform([], seeds[0], c.scale_min, c.scale_max + 1, dtype=tf.int32)
     image = pp.decode_crop(data, scale, c.crop_size, tf.random.stateless_uniform([2], seeds[1]))
-    if c.flip:
-        image = pp.random_flip(image, seeds[2])
-    if c.color_shift_std:
-        image = pp.pca_color_shift(image, c.color_shift_std, seeds[3])
-    return {"image": pp.normalize(image, normalization), "label": label}
+    return {"image": pp.to_pixels(image), "label": label}
 
 
-def train_batches(data_config, *, global_batch_size: int, normalization: Normalization, seed: int,
-                  start_step: int = 0, process_index=None, process_count=None) -> Iterator[dict]:
-    """Endless {'image': float32 [b, crop, crop, 3], 'label': int32 [b]} of this process's shard,
+def _with_options(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """tf.data on a private pool of one thread per core, each op on one thread (as flax's
+    imagenet example and big_vision set it): per-example work runs in parallel across examples."""
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = os.cpu_count() or 1
+    options.threading.max_intra_op_parallelism = 1
+    return dataset.with_options(options)
+
+
+def train_batches(data_config, *, global_batch_size: int, seed: int, start_step: int = 0,
+                  process_index=None, process_count=None) -> Iterator[dict]:
+    """Endless {'image': uint8 [b, crop, crop, 3], 'label': int32 [b]} of this process's shard,
     b = global_batch_size / process_count; the batch at step k depends only on (config, seed, k)."""
     check_config(data_config)
     process_index, process_count = _processes(process_index, process_count)
     local_batch = _local_batch(global_batch_size, process_count)
     split = _load_split(data_config, data_config.train_split)
-    preprocess = functools.partial(preprocess_train, data_config=data_config, normalization=normalization,
+    preprocess = functools.partial(preprocess_train, data_config=data_config,
                                    key=tf.constant([seed, process_index], tf.int64))
     stream = split.train_stream(seed, start_step * local_batch, process_index, process_count,
                                 data_config.shuffle_buffer, preprocess)
-    batches = stream.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    batches = _with_options(stream.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
     return _report_epochs(batches.as_numpy_iterator(), split, start_step, global_batch_size)
 
 
@@ -434,8 +447,8 @@ def _report_epochs(batches: Iterator[dict], split, start_step: int, global_batch
 
 
 def eval_batches(data_config, *, split: str | None = None, global_batch_size: int,
-                 normalization: Normalization, process_index=None, process_count=None) -> Iterator[dict]:
-    """The whole split once across processes: rescaled to eval_scale, centre crop. Every process
+                 process_index=None, process_count=None) -> Iterator[dict]:
+    """The whole split once across processes: rescaled to eval_scale, centre crop, uint8. Every process
     gets the same number of batches; 'mask' is False on the padding that fills the last ones and
     on unreadable files (counted in `skipped_files`)."""
     check_config(data_config)
@@ -447,33 +460,31 @@ def eval_batches(data_config, *, split: str | None = None, global_batch_size: in
     crop = data_config.crop_size
 
     def preprocess(data, label):
-        image = pp.decode_crop(data, data_config.eval_scale, crop, (0.5, 0.5))
-        return {"image": pp.normalize(image, normalization), "label": label}
+        return {"image": pp.to_pixels(pp.decode_crop(data, data_config.eval_scale, crop, (0.5, 0.5))), "label": label}
 
     examples = source.eval_stream(process_index, process_count, preprocess)
     padding = {**_placeholder(examples.element_spec), "mask": False}
     if "failed" in padding:
         padding["failed"] = -tf.ones_like(padding["failed"])
     padded = examples.concatenate(tf.data.Dataset.from_tensors(padding).repeat())
-    batches = padded.take(num_batches * local_batch).batch(local_batch).prefetch(tf.data.AUTOTUNE)
+    batches = _with_options(padded.take(num_batches * local_batch).batch(local_batch).prefetch(tf.data.AUTOTUNE))
     for batch in batches.as_numpy_iterator():
         yield _record_failures(batch, source)
     source.skipped.report(f"evaluation of {split}")
 
 
-def eval_images(data_config, *, split: str | None = None, scale: int, normalization: Normalization,
+def eval_images(data_config, *, split: str | None = None, scale: int,
                 process_index=None, process_count=None) -> Iterator[tuple[np.ndarray, int]]:
-    """(float32 [H, W, 3] with min(H, W) == scale, label) for each readable image of this
+    """(uint8 [H, W, 3] with min(H, W) == scale, label) for each readable image of this
     process's shard, whole, for dense and multi-crop evaluation; `skipped_files` counts the others."""
     process_index, process_count = _processes(process_index, process_count)
     split = split or data_config.eval_split
     source = _load_split(data_config, split)
 
     def preprocess(data, label):
-        image = pp.normalize(pp.rescale_smallest_side(pp.decode(data), scale), normalization)
-        return {"image": image, "label": label}
+        return {"image": pp.to_pixels(pp.rescale_smallest_side(pp.decode(data), scale)), "label": label}
 
-    images = source.eval_stream(process_index, process_count, preprocess).prefetch(tf.data.AUTOTUNE)
+    images = _with_options(source.eval_stream(process_index, process_count, preprocess).prefetch(tf.data.AUTOTUNE))
     for example in images.as_numpy_iterator():
         example = _record_failures(example, source)
         if example["mask"]:

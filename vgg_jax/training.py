@@ -3,7 +3,9 @@
 SGD with momentum 0.9 and L2 5e-4 on weights, dropout 0.5 on fc6/fc7, learning rate 1e-2
 divided by 10 when validation accuracy stops improving. One jitted train step over a data
 Mesh (batch sharded, state replicated and donated); gradient accumulation by a scan over
-micro-batches so a batch of 256 fits small devices.
+micro-batches so a batch of 256 fits small devices. Batches arrive as uint8 pixels; the steps
+flip, colour-shift and normalise them on the device (`vgg_jax.augmentation`), and the next
+batches are already on the devices while a step runs (`sharding.prefetch_to_mesh`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import optax
 from clu import metric_writers
 
 import vgg_jax
-from vgg_jax import checkpoints, compilation, configuration, input_pipeline, sharding, weights
+from vgg_jax import augmentation, checkpoints, compilation, configuration, input_pipeline, sharding, weights
 from vgg_jax.normalization import Normalization
 
 log = logging.getLogger("vgg_jax.train")
@@ -126,8 +128,10 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def train_step(state: TrainState, batch: dict, *, model: vgg_jax.VGG, tx: optax.GradientTransformation,
-               accum_steps: int = 1, frozen_backbone: bool = False) -> tuple[TrainState, dict]:
+               accum_steps: int = 1, frozen_backbone: bool = False, augment=None) -> tuple[TrainState, dict]:
     """One SGD step on the global batch, averaged over `accum_steps` sequential micro-batches.
+    `augment(images, step)` turns the batch's uint8 pixels into the model's input
+    (`augmentation.train_augmentation`); without it batch['image'] is that input already.
     `frozen_backbone`: train fc8 alone (see VGG), without computing the backbone's gradients."""
     step_key = jax.random.fold_in(state.dropout_key, state.step)
 
@@ -150,7 +154,8 @@ def train_step(state: TrainState, batch: dict, *, model: vgg_jax.VGG, tx: optax.
     # (B, ...) -> (accum, B/accum, ...) taking every accum-th example, so each micro-batch
     # keeps the batch's sharding over devices.
     split = lambda x: jnp.swapaxes(x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]), 0, 1)
-    images, labels = split(batch["image"]), split(batch["label"])
+    images = batch["image"] if augment is None else augment(batch["image"], state.step)
+    images, labels = split(images), split(batch["label"])
     zeros = jax.tree.map(jnp.zeros_like, state.params)
     init = (zeros, state.batch_stats, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
     if accum_steps == 1:  # no loop: XLA:CPU runs the step ~20% faster outside a while loop
@@ -166,16 +171,19 @@ def train_step(state: TrainState, batch: dict, *, model: vgg_jax.VGG, tx: optax.
                          opt_state=opt_state), metrics
 
 
-def jitted_train_step(model: vgg_jax.VGG, tx: optax.GradientTransformation, train: ml_collections.ConfigDict):
+def jitted_train_step(model: vgg_jax.VGG, tx: optax.GradientTransformation, train: ml_collections.ConfigDict,
+                      augment=None):
     """`train_step` as `train` configures it, jitted; it donates (updates in place) the state."""
     step = functools.partial(train_step, model=model, tx=tx, accum_steps=train.accum_steps,
-                             frozen_backbone=train.backbone_lr_multiplier == 0)
+                             frozen_backbone=train.backbone_lr_multiplier == 0, augment=augment)
     return compilation.jit(step, donate_argnums=0)
 
 
-def eval_step(variables: dict, batch: dict, *, model: vgg_jax.VGG) -> dict:
-    """Sums over the real (mask=True) examples: loss, top-1 and top-5 correct, count."""
-    logits = model.apply(variables, batch["image"]).astype(jnp.float32)
+def eval_step(variables: dict, batch: dict, *, model: vgg_jax.VGG, normalization: Normalization | None = None) -> dict:
+    """Sums over the real (mask=True) examples: loss, top-1 and top-5 correct, count. With a
+    `normalization`, batch['image'] holds uint8 pixels, normalised here on the device."""
+    images = batch["image"] if normalization is None else augmentation.normalize(batch["image"], normalization)
+    logits = model.apply(variables, images).astype(jnp.float32)
     mask = batch["mask"]
     labels = batch["label"]
     top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
@@ -185,14 +193,12 @@ def eval_step(variables: dict, batch: dict, *, model: vgg_jax.VGG) -> dict:
             "count": jnp.sum(mask)}
 
 
-def evaluate(variables: dict, step, data: ml_collections.ConfigDict, *,
-             batch_size: int, normalization: Normalization, mesh) -> dict[str, float]:
+def evaluate(variables: dict, step, data: ml_collections.ConfigDict, *, batch_size: int, mesh) -> dict[str, float]:
     """Centre-crop top-1/top-5 accuracy and loss on the evaluation split; `step` is the jitted
-    eval_step, built once per run so that evaluations do not re-trace it."""
+    eval_step (with the run's normalisation), built once per run so evaluations do not re-trace it."""
     totals = None
-    for local in input_pipeline.eval_batches(data, global_batch_size=batch_size,
-                                             normalization=normalization):
-        sums = step(variables, sharding.global_batch(local, mesh))
+    for batch in sharding.prefetch_to_mesh(input_pipeline.eval_batches(data, global_batch_size=batch_size), mesh):
+        sums = step(variables, batch)
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     count = float(totals["count"])
     return {"val_loss": float(totals["loss"]) / count, "val_top1": float(totals["top1"]) / count,
@@ -455,18 +461,19 @@ def train_loop(run: Run, state: TrainState, progress: Progress, writer) -> tuple
     """Steps until num_steps, a stop signal or the paper's schedule ends; returns the state,
     the progress record and the outcome (last train metrics, the signal if any)."""
     train = run.config.train
-    step_fn = jitted_train_step(run.model, run.tx, train)
-    eval_fn = compilation.jit(functools.partial(eval_step, model=run.model))
-    batches = input_pipeline.train_batches(run.config.data, global_batch_size=train.batch_size,
-                                           normalization=progress.spec.normalization, seed=train.seed,
-                                           start_step=int(state.step))
+    normalization = progress.spec.normalization
+    step_fn = jitted_train_step(run.model, run.tx, train,
+                                augmentation.train_augmentation(run.config.data, normalization, train.seed))
+    eval_fn = compilation.jit(functools.partial(eval_step, model=run.model, normalization=normalization))
+    batches = sharding.prefetch_to_mesh(input_pipeline.train_batches(
+        run.config.data, global_batch_size=train.batch_size, seed=train.seed, start_step=int(state.step)), run.mesh)
     pending: list[tuple[int, dict]] = []  # device metrics, checked before anything is saved
     step = int(state.step)  # counted on the host from here: no device sync per step
     rate = Throughput(step, train.batch_size)
     outcome = {"signal": None, "train": {}}
     with StopRequest() as stop:
         while step < run.num_steps:
-            state, step_metrics = step_fn(state, sharding.global_batch(next(batches), run.mesh))
+            state, step_metrics = step_fn(state, next(batches))
             step += 1
             pending.append((step, step_metrics))
             evaluate_now = step % run.eval_every == 0 or step == run.num_steps
@@ -501,8 +508,7 @@ def evaluate_and_schedule(run: Run, state: TrainState, progress: Progress, step:
                           writer) -> tuple[TrainState, Progress]:
     """Validation at `step`, recorded in `progress`; on a plateau, the paper's schedule."""
     train = run.config.train
-    val = evaluate(state.variables(), eval_fn, run.config.data, batch_size=train.eval_batch_size,
-                   normalization=progress.spec.normalization, mesh=run.mesh)
+    val = evaluate(state.variables(), eval_fn, run.config.data, batch_size=train.eval_batch_size, mesh=run.mesh)
     writer.write_scalars(step, val)
     log.info("step %d  val top1 %.4f  top5 %.4f  loss %.4f", step, val["val_top1"], val["val_top5"], val["val_loss"])
     progress = dataclasses.replace(progress, last_eval={"step": step, **val})
