@@ -27,7 +27,7 @@ from vgg_jax.normalization import PAPER
 
 
 def timed_steps(step, state, batches, num_steps: int) -> tuple[object, float]:
-    """(state, images/s) of `num_steps` steps on `batches`, after one untimed step."""
+    """(state, seconds) of `num_steps` steps on `batches`, after one untimed step."""
     state, metrics = step(state, next(batches))
     jax.block_until_ready(metrics)
     start = time.perf_counter()
@@ -50,7 +50,7 @@ def main() -> None:
     print(pipeline.cpu_line())
     folder = pipeline.build_folder(os.path.join(args.dir, f"folder_{args.files}"), args.files)
     config = default.get_config()
-    config.data.update(source=f"folder:{folder}", val_fraction=0.0, **pipeline.PAPER_TRAIN)
+    config.data.update(source=f"folder:{folder}", val_fraction=0.0, eval_scale=256, **pipeline.PAPER_TRAIN)
     config.train.update(batch_size=args.batch)
     model = vgg_jax.create_model(args.arch, num_classes=10, width=args.width, image_size=224)
     tx = training.make_optimizer(config.train, steps_per_epoch=100)

@@ -27,7 +27,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 import ml_collections
@@ -71,22 +70,23 @@ def build_folder(root: str, count: int) -> str:
     return root
 
 
-def load_before() -> tuple:
-    """(preprocessing, input_pipeline) modules of commit BEFORE, read with `git show`."""
+def load_before(folder: str) -> tuple:
+    """(preprocessing, input_pipeline) modules of commit BEFORE, read with `git show` into
+    `folder` (kept: tf.function reads their source)."""
+    os.makedirs(folder, exist_ok=True)
     modules = []
-    with tempfile.TemporaryDirectory() as folder:
-        for name in ("preprocessing", "input_pipeline"):
-            source = subprocess.run(["git", "-C", ROOT, "show", f"{BEFORE}:vgg_jax/{name}.py"], check=True,
-                                    capture_output=True, text=True).stdout
-            source = source.replace("from vgg_jax import preprocessing as pp", "import before_preprocessing as pp")
-            path = os.path.join(folder, f"before_{name}.py")
-            with open(path, "w") as f:
-                f.write(source)
-            spec = importlib.util.spec_from_file_location(f"before_{name}", path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[spec.name] = module
-            spec.loader.exec_module(module)
-            modules.append(module)
+    for name in ("preprocessing", "input_pipeline"):
+        source = subprocess.run(["git", "-C", ROOT, "show", f"{BEFORE}:vgg_jax/{name}.py"], check=True,
+                                capture_output=True, text=True).stdout
+        source = source.replace("from vgg_jax import preprocessing as pp", "import before_preprocessing as pp")
+        path = os.path.join(folder, f"before_{name}.py")
+        with open(path, "w") as f:
+            f.write(source)
+        spec = importlib.util.spec_from_file_location(f"before_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        modules.append(module)
     return tuple(modules)
 
 
@@ -147,10 +147,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="alternated measurements per variant")
     args = parser.parse_args()
     print(cpu_line())
-    before_pp, before_ip = load_before()
+    _, before_ip = load_before(os.path.join(args.dir, f"before_{BEFORE[:8]}"))
     folder = build_folder(os.path.join(args.dir, f"folder_{args.files}"), args.files)
     config = default.get_config().data
-    config.update(source=f"folder:{folder}", val_fraction=0.0, **PAPER_TRAIN)
+    config.update(source=f"folder:{folder}", val_fraction=0.0, eval_scale=256, **PAPER_TRAIN)
     key = tf.constant([0, 0], tf.int64)
 
     jpegs = photo_jpegs(8)
