@@ -56,6 +56,7 @@ tf.config.set_visible_devices([], "GPU")  # TF only decodes and augments; the ac
 FOLDER_PREFIX = "folder:"
 TRAIN_ATTEMPTS = 8  # an unreadable train file is replaced by the next of up to 7 following files
 MAX_LOGGED_PATHS = 10
+FILL_CHUNK = 64  # folder train streams: examples checked for unreadable files at a time
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,20 +121,25 @@ def _first_readable(candidates: tf.Tensor, read: Callable) -> tf.data.Dataset:
 
 def _fill_gaps(readable: tf.data.Dataset, start, example: Callable) -> tf.data.Dataset:
     """The stream of positions `start`, start + 1, ... from `readable`, the examples whose first
-    file decoded (in order, with their 'position'; the others dropped by ignore_errors): each
+    file decoded (in order, with their 'position'; ignore_errors dropped the others): each
     dropped position is filled in its place by `example(position)` (the per-file fallback, with
-    'mask' and 'failed'). The common case costs one parallel map; the fallback's nested datasets
-    are built only where a file failed."""
-    def gap_before(previous, element):
-        return element["position"], (previous, element)
+    'mask' and 'failed'). Done per chunk of FILL_CHUNK examples, so the common case costs a
+    parallel map and a few datasets per chunk; nested per-file datasets only where a file failed."""
+    def with_previous(previous, chunk):
+        return chunk["position"][-1], (previous, chunk)
 
-    def fill(previous, element):
-        position = element.pop("position")
-        failed = -tf.ones([TRAIN_ATTEMPTS], tf.int64)
-        replacements = tf.data.Dataset.range(previous + 1, position).flat_map(example)
-        return replacements.concatenate(tf.data.Dataset.from_tensors({**element, "mask": True, "failed": failed}))
+    def fill(previous, chunk):
+        positions = chunk.pop("position")
+        span = tf.range(previous + 1, positions[-1] + 1)
+        dropped = tf.logical_not(tf.reduce_any(span[:, None] == positions[None, :], axis=1))
+        count = tf.shape(positions)[0]
+        read = tf.data.Dataset.from_tensor_slices(
+            {**chunk, "mask": tf.ones([count], tf.bool), "failed": -tf.ones([count, TRAIN_ATTEMPTS], tf.int64)})
+        replaced = tf.data.Dataset.from_tensor_slices(tf.boolean_mask(span, dropped)).flat_map(example)
+        return tf.data.Dataset.choose_from_datasets([read, replaced],
+                                                    tf.data.Dataset.from_tensor_slices(tf.cast(dropped, tf.int64)))
 
-    return readable.scan(tf.constant(start - 1, tf.int64), gap_before).flat_map(fill)
+    return readable.batch(FILL_CHUNK).scan(tf.constant(start - 1, tf.int64), with_previous).flat_map(fill)
 
 
 def _in_order(indices: tf.data.Dataset, one_example: Callable) -> tf.data.Dataset:
