@@ -119,27 +119,32 @@ def _first_readable(candidates: tf.Tensor, read: Callable) -> tf.data.Dataset:
         "failed": tf.ensure_shape(tf.where(tf.range(count) < n, candidates, -1), candidates.shape)})
 
 
-def _fill_gaps(readable: tf.data.Dataset, start, example: Callable) -> tf.data.Dataset:
-    """The stream of positions `start`, start + 1, ... from `readable`, the examples whose first
-    file decoded (in order, with their 'position'; ignore_errors dropped the others): each
-    dropped position is filled in its place by `example(position)` (the per-file fallback, with
-    'mask' and 'failed'). Done per chunk of FILL_CHUNK examples, so the common case costs a
-    parallel map and a few datasets per chunk; nested per-file datasets only where a file failed."""
-    def with_previous(previous, chunk):
-        return chunk["position"][-1], (previous, chunk)
+def _in_chunks(start, first_try: Callable, example: Callable) -> tf.data.Dataset:
+    """The examples at positions `start`, start + 1, ... read FILL_CHUNK at a time: a parallel map
+    of `first_try(position)` (the position's own file, with 'position') whose errors are dropped,
+    then each dropped position filled in its place by `example(position)`, the per-file fallback
+    (with 'mask' and 'failed'). The common case costs one parallel map and a few datasets per
+    chunk; nested per-file datasets are built only where a file failed."""
+    def chunk(first):
+        span = tf.range(first, first + FILL_CHUNK)
+        readable = tf.data.Dataset.from_tensor_slices(span).map(
+            first_try, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors().batch(FILL_CHUNK)
+        none = tf.data.Dataset.from_tensors(_placeholder(readable.element_spec))  # every file failed
+        return readable.concatenate(none).take(1).flat_map(lambda read: fill(span, read))
 
-    def fill(previous, chunk):
-        positions = chunk.pop("position")
-        span = tf.range(previous + 1, positions[-1] + 1)
+    def fill(span, read):
+        positions = read.pop("position")
         dropped = tf.logical_not(tf.reduce_any(span[:, None] == positions[None, :], axis=1))
         count = tf.shape(positions)[0]
         read = tf.data.Dataset.from_tensor_slices(
-            {**chunk, "mask": tf.ones([count], tf.bool), "failed": -tf.ones([count, TRAIN_ATTEMPTS], tf.int64)})
+            {**read, "mask": tf.ones([count], tf.bool), "failed": -tf.ones([count, TRAIN_ATTEMPTS], tf.int64)})
         replaced = tf.data.Dataset.from_tensor_slices(tf.boolean_mask(span, dropped)).flat_map(example)
         return tf.data.Dataset.choose_from_datasets([read, replaced],
                                                     tf.data.Dataset.from_tensor_slices(tf.cast(dropped, tf.int64)))
 
-    return readable.batch(FILL_CHUNK).scan(tf.constant(start - 1, tf.int64), with_previous).flat_map(fill)
+    # Every chunk yields exactly FILL_CHUNK examples, so blocks of that length keep the order.
+    return tf.data.Dataset.range(start, np.iinfo(np.int64).max, FILL_CHUNK).interleave(
+        chunk, cycle_length=2, block_length=FILL_CHUNK, num_parallel_calls=2, deterministic=True)
 
 
 def _in_order(indices: tf.data.Dataset, one_example: Callable) -> tf.data.Dataset:
@@ -208,8 +213,7 @@ class _IndexedSplit:
         positions = tf.data.Dataset.range(start, np.iinfo(np.int64).max)
         if not self.from_files:  # images encoded in memory (digits, mock tfds) always decode
             return positions.map(lambda p: preprocess(p, *self._read(shard_index(p))), num_parallel_calls=tf.data.AUTOTUNE)
-        readable = positions.map(first_try, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
-        return _fill_gaps(readable, start, example)
+        return _in_chunks(start, first_try, example)
 
     def eval_stream(self, process_index, process_count, preprocess):
         """{'image', 'label', 'mask', 'failed'} of this process's shard; unreadable files: mask False."""
