@@ -11,8 +11,8 @@ device does that arithmetic (vgg_jax.augmentation).
 Prints the CPU, its vector extensions and the load average, then two markdown tables:
 - per core (one tf.data thread, in-memory JPEG bytes): each stage's images/s;
 - all cores, the folder source through `train_batches`, before and now alternately (ABAB...),
-  plus now without the tf.data threading options and now on in-memory bytes (what the folder
-  source's per-file error handling costs).
+  plus now on the same files' bytes held in memory (what reading files and the folder source's
+  per-file error handling cost).
 `train_images_per_second(data_config)` times the whole input pipeline for benchmarks/run.py.
 """
 
@@ -174,13 +174,6 @@ def main() -> None:
     def now():
         return ip.train_batches(config, global_batch_size=args.batch, seed=0, process_index=0, process_count=1)
 
-    def now_default_threading():
-        with_options, ip._with_options = ip._with_options, lambda dataset: dataset
-        try:
-            return now()
-        finally:
-            ip._with_options = with_options
-
     def now_in_memory():
         files = ip._load_split(config, config.train_split)
         in_memory = ip._IndexedSplit(np.array([open(p, "rb").read() for p in files.data], dtype=object),
@@ -192,7 +185,6 @@ def main() -> None:
             ip._load_split = load_split
 
     variants = {"before (float32 out, flip/colour/normalise on the host)": before, "now (uint8 out)": now,
-                "now, tf.data's default threading": now_default_threading,
                 "now, the same files' bytes in memory (no per-file error handling)": now_in_memory}
     rates = {name: [] for name in variants}
     for _ in range(args.repeats):

@@ -429,15 +429,6 @@ def preprocess_train(position, data, label, *, data_config, key):
     return {"image": pp.to_pixels(image), "label": label}
 
 
-def _with_options(dataset: tf.data.Dataset) -> tf.data.Dataset:
-    """tf.data on a private pool of one thread per core, each op on one thread (as flax's
-    imagenet example and big_vision set it): per-example work runs in parallel across examples."""
-    options = tf.data.Options()
-    options.threading.private_threadpool_size = os.cpu_count() or 1
-    options.threading.max_intra_op_parallelism = 1
-    return dataset.with_options(options)
-
-
 def train_batches(data_config, *, global_batch_size: int, seed: int, start_step: int = 0,
                   process_index=None, process_count=None) -> Iterator[dict]:
     """Endless {'image': uint8 [b, crop, crop, 3], 'label': int32 [b]} of this process's shard,
@@ -450,7 +441,7 @@ def train_batches(data_config, *, global_batch_size: int, seed: int, start_step:
                                    key=tf.constant([seed, process_index], tf.int64))
     stream = split.train_stream(seed, start_step * local_batch, process_index, process_count,
                                 data_config.shuffle_buffer, preprocess)
-    batches = _with_options(stream.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
+    batches = stream.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     return _report_epochs(batches.as_numpy_iterator(), split, start_step, global_batch_size)
 
 
@@ -499,7 +490,7 @@ def eval_batches(data_config, *, split: str | None = None, global_batch_size: in
     if "failed" in padding:
         padding["failed"] = -tf.ones_like(padding["failed"])
     padded = examples.concatenate(tf.data.Dataset.from_tensors(padding).repeat())
-    batches = _with_options(padded.take(num_batches * local_batch).batch(local_batch).prefetch(tf.data.AUTOTUNE))
+    batches = padded.take(num_batches * local_batch).batch(local_batch).prefetch(tf.data.AUTOTUNE)
     for batch in batches.as_numpy_iterator():
         yield _record_failures(batch, source)
     source.skipped.report(f"evaluation of {split}")
@@ -516,7 +507,7 @@ def eval_images(data_config, *, split: str | None = None, scale: int,
     def preprocess(data, label):
         return {"image": pp.to_pixels(pp.rescale_smallest_side(pp.decode(data), scale)), "label": label}
 
-    images = _with_options(source.eval_stream(process_index, process_count, preprocess).prefetch(tf.data.AUTOTUNE))
+    images = source.eval_stream(process_index, process_count, preprocess).prefetch(tf.data.AUTOTUNE)
     for example in images.as_numpy_iterator():
         example = _record_failures(example, source)
         if example["mask"]:
