@@ -26,7 +26,6 @@ import ml_collections
 from benchmarks import datasets, pipeline
 from configs import default
 from vgg_jax import input_pipeline as ip
-from vgg_jax.normalization import PAPER
 
 
 def data_config(source: str, data_dir: str | None, shuffle_buffer: int) -> ml_collections.ConfigDict:
@@ -40,13 +39,13 @@ def data_config(source: str, data_dir: str | None, shuffle_buffer: int) -> ml_co
 def first_batch_seconds(config, batch: int, epoch: int, num_train: int) -> float:
     """Seconds from creating the pipeline at `epoch` (mid-step of an epoch boundary) to its first batch."""
     start = time.perf_counter()
-    next(ip.train_batches(config, global_batch_size=batch, normalization=PAPER, seed=0,
+    next(ip.train_batches(config, global_batch_size=batch, seed=0,
                           start_step=epoch * num_train // batch + 1, process_index=0, process_count=1))
     return time.perf_counter() - start
 
 
 def ms_per_batch(config, batch: int, num_batches: int) -> float:
-    batches = ip.train_batches(config, global_batch_size=batch, normalization=PAPER, seed=0,
+    batches = ip.train_batches(config, global_batch_size=batch, seed=0,
                                process_index=0, process_count=1)
     for _ in range(5):  # warm up
         next(batches)
@@ -105,8 +104,7 @@ def main() -> None:
         for epoch in (0, 3, 10):
             seconds = median(lambda: first_batch_seconds(config, args.batch, epoch, num_train))
             rows.append((f"{name}: time to first batch at epoch {epoch}", f"{seconds:.2f} s"))
-    jpegs = pipeline.sample_jpegs((500, 375))
-    rate = pipeline.per_core_images_per_second(ip.preprocess_train, jpegs, 200)
+    rate = pipeline.train_preprocessing_per_core(200)
     rows.append(("train preprocessing, 500x375 JPEGs", f"{rate:.0f} img/s per core"))
     print("| measure | value |\n|---|---|")
     for measure, value in rows:

@@ -19,6 +19,7 @@ from vgg_jax.normalization import Normalization
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS = Normalization((77.9,) * 3, (95.9,) * 3)
+IDENTITY = Normalization((0.0,) * 3, (1.0,) * 3)  # float test images are the model's input as they are
 
 
 def tiny_model(arch="vgg11", **kwargs):
@@ -128,7 +129,7 @@ def test_padded_dense_batch_equals_each_image_evaluated_alone(arch):
         shapes = {evaluation.padded_shape(image.shape, 32, 32) for image in images}
         assert len(shapes) == 1  # one batch of one padded shape
         batch = evaluation.padded_batch(images, shapes.pop())
-        got = np.asarray(evaluation.all_methods(model, variables, **batch)["dense"])
+        got = np.asarray(evaluation.all_methods(model, IDENTITY, variables, **batch)["dense"])
         expected = [dense_alone(model, variables, image) for image in images]
         np.testing.assert_allclose(got, expected, atol=max(posterior_atol(model, variables, im) for im in images))
 
@@ -167,7 +168,7 @@ def test_crops_and_mirrors_cut_on_the_device_are_numpy_slices_of_each_padded_ima
     model = tiny_model()
     variables = init(model)
     labels, posteriors = evaluation.scale_posteriors(
-        member(model, variables), [(image, 3)], scale=40, batch_size=4, mesh=sharding.data_mesh())
+        member(model, variables, IDENTITY), [(image, 3)], scale=40, batch_size=4, mesh=sharding.data_mesh())
     by_apply = softmax(np.asarray(model.apply(variables, crops))).mean(axis=0)
     atol = posterior_atol(model, variables, image)
     np.testing.assert_allclose(posteriors["multi-crop"][0], by_apply, atol=atol)
@@ -182,7 +183,7 @@ def test_flip_averaged_posteriors_are_the_same_for_the_mirrored_image():
     variables = init(model)
     image = np.random.default_rng(3).standard_normal((40, 58, 3)).astype(np.float32)
     _, posteriors = evaluation.scale_posteriors(
-        member(model, variables), [(image, 0), (image[:, ::-1], 0)], scale=40, batch_size=4,
+        member(model, variables, IDENTITY), [(image, 0), (image[:, ::-1], 0)], scale=40, batch_size=4,
         mesh=sharding.data_mesh())
     for method in ("dense", "multi-crop"):
         np.testing.assert_allclose(posteriors[method][0], posteriors[method][1],

@@ -15,9 +15,6 @@ from configs.default import get_config
 from vgg_jax import digits
 from vgg_jax import input_pipeline as ip
 from vgg_jax import preprocessing as pp
-from vgg_jax.normalization import Normalization
-
-NORM = Normalization((10.0, 20.0, 30.0), (2.0, 2.0, 2.0))
 
 
 def data_config(**overrides):
@@ -26,16 +23,12 @@ def data_config(**overrides):
     return config
 
 
-def normalized(images):
-    return (images - np.array(NORM.mean_rgb)) / np.array(NORM.std_rgb)
-
-
 def take(iterator, n):
     return list(itertools.islice(iterator, n))
 
 
 def train(config, n, **kwargs):
-    kwargs = {"global_batch_size": 16, "normalization": NORM, "seed": 0, "process_index": 0,
+    kwargs = {"global_batch_size": 16, "seed": 0, "process_index": 0,
               "process_count": 1, **kwargs}
     return take(ip.train_batches(config, **kwargs), n)
 
@@ -67,9 +60,8 @@ def test_train_epoch_is_a_permutation_of_the_split_without_augmentation():
     seen = np.concatenate([b["image"] for b in batches])
     seen_labels = np.concatenate([b["label"] for b in batches])
     order = np.lexsort(seen.reshape(len(seen), -1).T)
-    expected = normalized(images.astype(np.float32))
-    expected_order = np.lexsort(expected.reshape(len(expected), -1).T)
-    np.testing.assert_allclose(seen[order], expected[expected_order], atol=1e-4)
+    expected_order = np.lexsort(images.reshape(len(images), -1).T)
+    np.testing.assert_array_equal(seen[order], images[expected_order])  # S = crop = 32: the pixels as they are
     np.testing.assert_array_equal(np.sort(seen_labels), np.sort(labels))
     assert not np.array_equal(seen_labels, labels)  # shuffled
 
@@ -77,7 +69,7 @@ def test_train_epoch_is_a_permutation_of_the_split_without_augmentation():
 def test_train_batches_shapes_and_seeded_determinism():
     config = data_config()
     first, again, other = train(config, 2), train(config, 2), train(config, 2, seed=1)
-    assert first[0]["image"].shape == (16, 32, 32, 3) and first[0]["image"].dtype == np.float32
+    assert first[0]["image"].shape == (16, 32, 32, 3) and first[0]["image"].dtype == np.uint8
     assert first[0]["label"].dtype == np.int32
     for a, b in zip(first, again):
         np.testing.assert_array_equal(a["image"], b["image"])
@@ -102,7 +94,7 @@ def test_processes_shards_partition_every_global_batch():
     put together, must be the whole split exactly once, and again at the next step."""
     config = data_config(scale_min=32, scale_max=32, flip=False, color_shift_std=0.0)
     images, labels = digits.load("train")
-    split = Counter(zip(map(bytes, normalized(images.astype(np.float32)).astype(np.float32)), labels))
+    split = Counter(zip(map(bytes, images), labels))  # uint8 pixels, as the host yields them
     shards = [train(config, 2, global_batch_size=1437, process_index=i, process_count=3) for i in range(3)]
     assert shards[0][0]["image"].shape == (479, 32, 32, 3)
     for step in range(2):
@@ -117,8 +109,8 @@ def test_processes_shards_partition_every_global_batch():
 def test_eval_batches_cover_the_split_once_across_processes_with_padding():
     config = data_config()
     images, labels = digits.load("test")
-    per_process = [list(ip.eval_batches(config, global_batch_size=48, normalization=NORM, process_index=i,
-                                        process_count=3)) for i in range(3)]
+    per_process = [list(ip.eval_batches(config, global_batch_size=48, process_index=i, process_count=3))
+                   for i in range(3)]
     assert len({len(batches) for batches in per_process}) == 1  # equal step counts on every process
     seen_images, seen_labels = [], []
     for batches in per_process:
@@ -128,18 +120,17 @@ def test_eval_batches_cover_the_split_once_across_processes_with_padding():
             seen_labels.append(batch["label"][batch["mask"]])
     seen_images, seen_labels = np.concatenate(seen_images), np.concatenate(seen_labels)
     assert len(seen_labels) == 360
-    # eval_scale == crop == 32: each image is the normalised original, each seen exactly once
-    expected = {(bytes(normalized(image.astype(np.float32)).astype(np.float32)), label)
-                for image, label in zip(images, labels)}
+    # eval_scale == crop == 32: each image is the original's uint8 pixels, each seen exactly once
+    expected = {(bytes(image.astype(np.uint8)), label) for image, label in zip(images, labels)}
     assert {(bytes(image), label) for image, label in zip(seen_images, seen_labels)} == expected
 
 
 def test_eval_images_rescale_the_smallest_side():
     config = data_config()
-    images = take(ip.eval_images(config, scale=48, normalization=NORM, process_index=0, process_count=1), 3)
+    images = take(ip.eval_images(config, scale=48, process_index=0, process_count=1), 3)
     labels = digits.load("test")[1][:3]
     for (image, label), expected_label in zip(images, labels):
-        assert image.shape == (48, 48, 3) and label == expected_label
+        assert image.shape == (48, 48, 3) and image.dtype == np.uint8 and label == expected_label
 
 
 def test_non_square_folder_images_keep_their_aspect_in_both_evaluation_inputs(tmp_path):
@@ -156,14 +147,13 @@ def test_non_square_folder_images_keep_their_aspect_in_both_evaluation_inputs(tm
         Image.fromarray(originals[name]).save(tmp_path / name / "0.png")
     config = data_config(source=f"folder:{tmp_path}", train_split="val", eval_split="val", val_fraction=0.0)
     names = ip.dataset_info(config).class_names
-    unit = Normalization((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
-    whole = list(ip.eval_images(config, scale=32, normalization=unit, process_index=0, process_count=1))
+    whole = list(ip.eval_images(config, scale=32, process_index=0, process_count=1))
     assert sorted(names[label] for _, label in whole) == ["tall", "wide"]
     for image, label in whole:
         np.testing.assert_array_equal(image, originals[names[label]])
-    larger = list(ip.eval_images(config, scale=48, normalization=unit, process_index=0, process_count=1))
+    larger = list(ip.eval_images(config, scale=48, process_index=0, process_count=1))
     assert sorted(image.shape for image, _ in larger) == [(48, 72, 3), (72, 48, 3)]
-    [batch] = ip.eval_batches(config, global_batch_size=2, normalization=unit, process_index=0, process_count=1)
+    [batch] = ip.eval_batches(config, global_batch_size=2, process_index=0, process_count=1)
     for image, label in zip(batch["image"], batch["label"]):
         original = originals[names[label]]
         y, x = (original.shape[0] - 32) // 2, (original.shape[1] - 32) // 2
@@ -189,8 +179,7 @@ def test_imagenet2012_under_mock_data():
         assert (info.num_classes, info.num_train, info.num_eval) == (1000, 8, 8)
         first, again = train(config, 2, global_batch_size=4), train(config, 2, global_batch_size=4)
         restarted = train(config, 1, global_batch_size=4, start_step=1)
-        batches = list(ip.eval_batches(config, global_batch_size=6, normalization=NORM,
-                                       process_index=0, process_count=1))
+        batches = list(ip.eval_batches(config, global_batch_size=6, process_index=0, process_count=1))
     assert first[0]["image"].shape == (4, 32, 32, 3)
     np.testing.assert_array_equal(first[1]["image"], again[1]["image"])
     np.testing.assert_array_equal(first[1]["image"], restarted[0]["image"])
@@ -226,10 +215,10 @@ def test_tfds_sizes_come_from_metadata_and_batches_restart_exactly(tfds_dir):
     for a, b in zip(uninterrupted[23:], restarted):
         np.testing.assert_array_equal(a["image"], b["image"])
         np.testing.assert_array_equal(a["label"], b["label"])
-    batches = list(ip.eval_batches(config, global_batch_size=8, normalization=NORM, process_index=0, process_count=1))
+    batches = list(ip.eval_batches(config, global_batch_size=8, process_index=0, process_count=1))
     assert [b["mask"].sum() for b in batches] == [8, 4]
     # 40x30 JPEGs: the dense/multi-crop input keeps the aspect (an image squashed to Q x Q would not)
-    images = list(ip.eval_images(config, scale=45, normalization=NORM, process_index=0, process_count=1))
+    images = list(ip.eval_images(config, scale=45, process_index=0, process_count=1))
     assert len(images) == 12 and {image.shape for image, _ in images} == {(45, 60, 3)}
 
 
@@ -298,8 +287,7 @@ def test_folder_dataset_skips_and_counts_bad_files_and_reads_every_format(folder
     assert info.num_train + info.num_eval == 21 and ip.skipped_files(config, "train").count == 0
     with caplog.at_level("WARNING"):
         batches = train(config, 2 * info.num_train // 4 + 1, global_batch_size=4, seed=3)  # past epoch 1
-        evaluated = list(ip.eval_images(config, scale=30, normalization=Normalization((0.0, 0.0, 0.0)),
-                                        process_index=0, process_count=1))
+        evaluated = list(ip.eval_images(config, scale=30, process_index=0, process_count=1))
     assert all(batch["image"].shape == (4, 32, 32, 3) and set(batch) == {"image", "label"} for batch in batches)
     skipped = ip.skipped_files(config, "train").paths + ip.skipped_files(config, "val").paths
     assert sorted(p.rsplit("/", 1)[-1] for p in skipped) == ["notes.txt", "truncated.jpg"]

@@ -15,7 +15,7 @@ import tensorflow_datasets as tfds
 
 import vgg_jax
 from configs import default
-from vgg_jax import checkpoints, input_pipeline, preinit, steps, training
+from vgg_jax import augmentation, checkpoints, input_pipeline, preinit, steps, training
 from vgg_jax.normalization import PAPER
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,13 +46,13 @@ def test_one_train_step_for_every_variant_on_mock_imagenet(arch):
                        crop_size=32, scale_min=32, scale_max=48, eval_scale=32,
                        mean_rgb=PAPER.mean_rgb, std_rgb=PAPER.std_rgb)
     with tfds.testing.mock_data(num_examples=8):
-        batch = next(input_pipeline.train_batches(config.data, global_batch_size=8,
-                                                  normalization=PAPER, seed=0))
+        batch = next(input_pipeline.train_batches(config.data, global_batch_size=8, seed=0))
     model = vgg_jax.create_model(arch, num_classes=1000, width=1 / 16, image_size=32, init_scheme="glorot")
     config.train.learning_rate = 1e-3
     tx = steps.make_optimizer(config.train, steps_per_epoch=1)
     state = steps.create_train_state(model, tx, seed=0, variables=numpy_init(model))
-    new_state, metrics = vgg_jax.jit(lambda s, b: steps.train_step(s, b, model=model, tx=tx))(state, batch)
+    augment = augmentation.train_augmentation(config.data, PAPER, seed=0)
+    new_state, metrics = vgg_jax.jit(lambda s, b: steps.train_step(s, b, model=model, tx=tx, augment=augment))(state, batch)
     assert batch["image"].shape == (8, 32, 32, 3)
     assert np.isfinite(float(metrics["loss"])) and int(new_state.step) == 1
     assert not np.allclose(new_state.params["conv1_1"]["kernel"], state.params["conv1_1"]["kernel"])

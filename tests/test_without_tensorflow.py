@@ -11,14 +11,12 @@ import pytest
 
 from configs import synthetic as synthetic_config
 from vgg_jax import configuration, devices, input_pipeline, synthetic
-from vgg_jax.normalization import Normalization
 from vgg_jax.tensorboard_writer import ScalarWriter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORE = ("vgg_jax", "vgg_jax.models", "vgg_jax.checkpoints", "vgg_jax.weights", "vgg_jax.training",
         "vgg_jax.evaluation", "vgg_jax.features", "vgg_jax.lpips", "vgg_jax.nnx", "vgg_jax.input_pipeline",
         "vgg_jax.preprocessing", "vgg_jax.configuration", "vgg_jax.synthetic")
-UNIT = Normalization((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # images stay 0-255: their pixels compared as rendered
 
 
 def run_without_tensorflow(*args, **kwargs):
@@ -71,7 +69,7 @@ def test_a_resumed_synthetic_stream_repeats_the_uninterrupted_one():
     """Catches train examples keyed on anything but (seed, process, position): the batch at
     step 3 must be the same whether the stream starts at 0 or resumes at 3."""
     data = synthetic_data()
-    kwargs = dict(global_batch_size=8, normalization=UNIT, process_index=0, process_count=1)
+    kwargs = dict(global_batch_size=8, process_index=0, process_count=1)
     fresh = input_pipeline.train_batches(data, seed=0, **kwargs)
     for _ in range(3):
         next(fresh)
@@ -103,10 +101,10 @@ def test_a_nearest_class_mean_separates_the_synthetic_classes():
     classes that look alike): class means of 400 train crops classify the 500 validation
     images far above chance (0.1), so a network has something to learn."""
     data = synthetic_data()
-    train = next(input_pipeline.train_batches(data, global_batch_size=400, normalization=UNIT, seed=0,
+    train = next(input_pipeline.train_batches(data, global_batch_size=400, seed=0,
                                               process_index=0, process_count=1))
     means = np.stack([train["image"][train["label"] == c].mean(0) for c in range(10)])
-    val = next(input_pipeline.eval_batches(data, global_batch_size=500, normalization=UNIT,
+    val = next(input_pipeline.eval_batches(data, global_batch_size=500,
                                            process_index=0, process_count=1))
     distances = ((val["image"][:, None] - means[None]) ** 2).sum(axis=(2, 3, 4))
     assert val["mask"].all() and len(val["label"]) == 500
@@ -119,7 +117,7 @@ def test_the_validation_split_is_dealt_once_over_processes_with_masked_padding()
     data = synthetic_data(source="synthetic:3")  # 150 images
     seen = []
     for index in range(4):
-        batches = list(input_pipeline.eval_batches(data, global_batch_size=64, normalization=UNIT,
+        batches = list(input_pipeline.eval_batches(data, global_batch_size=64,
                                                    process_index=index, process_count=4))
         assert len(batches) == 3  # ceil(ceil(150 / 4) / 16) batches for every process
         seen += [label for batch in batches for label in batch["label"][batch["mask"]]]

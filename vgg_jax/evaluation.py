@@ -17,8 +17,8 @@ changes nothing: every conv's input is zeroed outside the image's own extent at 
 'SAME' zero padding shows a conv at an image's border; score-map windows that reach into the
 padding are left out of the spatial average.
 
-Only the rescaled images go to the device, in batches of one padded shape; the 50 crops and
-the mirrors are cut there, inside the jitted program. Data-parallel over processes (each
+Only the rescaled images go to the device, as uint8, in batches of one padded shape; the
+normalisation, the 50 crops and the mirrors are done there, inside the jitted program. Data-parallel over processes (each
 evaluates its shard of the split on its own devices; posteriors are gathered at the end), with
 a progress bar (rate, ETA) per pass. Host memory: one (images, classes) float32 array per
 method and scale (1.8 GB for ImageNet's 50k validation images at three scales).
@@ -45,7 +45,7 @@ import tqdm
 from jax.experimental import multihost_utils
 
 import vgg_jax
-from vgg_jax import checkpoints, compilation, input_pipeline, loading, models, sharding
+from vgg_jax import augmentation, checkpoints, compilation, input_pipeline, loading, models, sharding
 
 log = logging.getLogger("vgg_jax.eval")
 
@@ -184,10 +184,13 @@ def multi_crops(images: jax.Array, sizes: jax.Array, crop: int) -> tuple[jax.Arr
     return centre[:, None], jnp.concatenate([grid, grid[:, :, :, ::-1]], axis=1)
 
 
-@functools.partial(compilation.jit, static_argnums=0)
-def all_methods(model, variables, images, sizes) -> dict:
-    """{'single-crop', 'dense', 'multi-crop': posteriors (N, C)} of N images zero-padded at the
-    bottom and right from `sizes` (N, 2): mirrors and crops are made here, on the device."""
+@functools.partial(compilation.jit, static_argnums=(0, 1))
+def all_methods(model, normalization, variables, images, sizes) -> dict:
+    """{'single-crop', 'dense', 'multi-crop': posteriors (N, C)} of N uint8 images zero-padded at
+    the bottom and right from `sizes` (N, 2): normalisation, mirrors and crops are done here, on
+    the device. The padding need not be normalised: the dense path zeroes every conv's input
+    outside the image, and crops stay inside it."""
+    images = augmentation.normalize(images, normalization)
     centre, grid = multi_crops(images, sizes, model.image_size)
     both = jnp.concatenate([images, mirrored(images, sizes)])
     return {"single-crop": crop_posteriors(model, variables, centre),
@@ -220,7 +223,7 @@ def dense_batch(images: list[np.ndarray], shape: tuple[int, int]) -> dict:
 def scale_posteriors(member: Member, images: Iterable[tuple[np.ndarray, int]], *, scale: int,
                      batch_size: int, mesh, pad_multiple: int = 32) -> tuple[np.ndarray, dict]:
     """Labels (N,) and {'single-crop', 'dense', 'multi-crop': posteriors (N, C)} of one net on
-    `images`: (image rescaled to `scale` and normalised for this net, label) pairs.
+    `images`: (uint8 image rescaled to `scale`, label) pairs, normalised on the device for this net.
 
     Images wait for a full batch of `batch_size` of their padded shape; only the padded images
     go to the device (crops and mirrors are cut there). Short final batches are filled by
@@ -235,7 +238,8 @@ def scale_posteriors(member: Member, images: Iterable[tuple[np.ndarray, int]], *
     def run(shape):
         indices, group = zip(*pending.pop(shape))
         group = list(group) + [group[-1]] * (batch_size - len(group))
-        outputs = all_methods(model, variables, **sharding.global_batch(padded_batch(group, shape), mesh))
+        outputs = all_methods(model, member.spec.normalization, variables,
+                              **sharding.global_batch(padded_batch(group, shape), mesh))
         for method, values in outputs.items():
             results[method].update(zip(indices, np.asarray(values)))
 
@@ -318,8 +322,7 @@ def ensemble_posteriors(members: Sequence[Member], data_config, scales: Sequence
     totals, labels = {}, None
     for member, scale in itertools.product(members, scales):
         start = time.time()
-        images = input_pipeline.eval_images(data_config, scale=scale, normalization=member.spec.normalization,
-                                            process_index=index, process_count=count)
+        images = input_pipeline.eval_images(data_config, scale=scale, process_index=index, process_count=count)
         progress = tqdm.tqdm(itertools.islice(images, mine), total=mine, unit="img", disable=index != 0,
                              desc=f"{member.source} Q={scale}", mininterval=5, smoothing=0.1)
         member_labels, posteriors = gather_processes(*scale_posteriors(

@@ -18,13 +18,22 @@ p = k * batch in time independent of k:
   keyed on (seed, e), cut into windows of `shuffle_buffer` records, each window permuted with a
   key on (seed, e, window). A restart opens the shard holding its window's first record, skips
   inside it (at most one shard) and reads one window: the same work as a fresh start.
-Augmentation draws from stateless RNGs keyed on (seed, process, p).
+Crop scale and placement draw from stateless RNGs keyed on (seed, process, p).
 
 Folder files are listed at start-up (every process lists; each reads only its shard's files),
 never decoded before training: a file that cannot be decoded is found when it is read, replaced
 in the stream by the next file of the epoch's order (so positions, and hence restarts, stay
 exact), counted in `skipped_files` and reported as each epoch starts. Split sizes come from tfds
 metadata or the listing, read once: no per-step work touches the dataset's files or metadata.
+
+What the host yields (any source feeding the jitted steps yields the same): pixels only.
+  train_batches   {'image': uint8 [b, crop, crop, 3], 'label': int32 [b]}, b = global batch / processes
+  eval_batches    the same plus 'mask': bool [b] (False on padding and on unreadable files)
+  eval_images     (uint8 [H, W, 3] with min(H, W) = Q, int label), one image at a time
+The host decodes, cuts the crop window (scale and place drawn from (seed, process, position))
+and resizes, then rounds to uint8. Flip, colour shift and normalisation are arithmetic: they
+run on the device inside the jitted steps (`vgg_jax.augmentation`), keyed on (seed, step, index
+in the global batch), so a source needs no keys of its own.
 """
 
 from __future__ import annotations
@@ -42,11 +51,11 @@ import numpy as np
 from vgg_jax import digits, synthetic
 from vgg_jax import preprocessing as pp
 from vgg_jax.lazy_tensorflow import tf, tfds  # imported when a tf.data source is first built
-from vgg_jax.normalization import Normalization
 
 FOLDER_PREFIX = "folder:"
 TRAIN_ATTEMPTS = 8  # an unreadable train file is replaced by the next of up to 7 following files
 MAX_LOGGED_PATHS = 10
+FILL_CHUNK = 64  # folder train streams: examples checked for unreadable files at a time
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +118,34 @@ def _first_readable(candidates: tf.Tensor, read: Callable) -> tf.data.Dataset:
         "failed": tf.ensure_shape(tf.where(tf.range(count) < n, candidates, -1), candidates.shape)})
 
 
+def _in_chunks(start, first_try: Callable, example: Callable) -> tf.data.Dataset:
+    """The examples at positions `start`, start + 1, ... read FILL_CHUNK at a time: a parallel map
+    of `first_try(position)` (the position's own file, with 'position') whose errors are dropped,
+    then each dropped position filled in its place by `example(position)`, the per-file fallback
+    (with 'mask' and 'failed'). The common case costs one parallel map and a few datasets per
+    chunk; nested per-file datasets are built only where a file failed."""
+    def chunk(first):
+        span = tf.range(first, first + FILL_CHUNK)
+        readable = tf.data.Dataset.from_tensor_slices(span).map(
+            first_try, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors().batch(FILL_CHUNK)
+        none = tf.data.Dataset.from_tensors(_placeholder(readable.element_spec))  # every file failed
+        return readable.concatenate(none).take(1).flat_map(lambda read: fill(span, read))
+
+    def fill(span, read):
+        positions = read.pop("position")
+        dropped = tf.logical_not(tf.reduce_any(span[:, None] == positions[None, :], axis=1))
+        count = tf.shape(positions)[0]
+        read = tf.data.Dataset.from_tensor_slices(
+            {**read, "mask": tf.ones([count], tf.bool), "failed": -tf.ones([count, TRAIN_ATTEMPTS], tf.int64)})
+        replaced = tf.data.Dataset.from_tensor_slices(tf.boolean_mask(span, dropped)).flat_map(example)
+        return tf.data.Dataset.choose_from_datasets([read, replaced],
+                                                    tf.data.Dataset.from_tensor_slices(tf.cast(dropped, tf.int64)))
+
+    # Every chunk yields exactly FILL_CHUNK examples, so blocks of that length keep the order.
+    return tf.data.Dataset.range(start, np.iinfo(np.int64).max, FILL_CHUNK).interleave(
+        chunk, cycle_length=2, block_length=FILL_CHUNK, num_parallel_calls=2, deterministic=True)
+
+
 def _in_order(indices: tf.data.Dataset, one_example: Callable) -> tf.data.Dataset:
     """`one_example(index)` (a one-element dataset) for each index, in parallel, in order."""
     return indices.interleave(one_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -169,10 +206,13 @@ class _IndexedSplit:
             candidates = tf.stack([shard_index(position + k) for k in range(TRAIN_ATTEMPTS)])
             return _first_readable(candidates, lambda index: preprocess(position, *self._read(index)))
 
+        def first_try(position):
+            return {**preprocess(position, *self._read(shard_index(position))), "position": position}
+
         positions = tf.data.Dataset.range(start, np.iinfo(np.int64).max)
-        if not self.from_files:  # images encoded in memory (digits, mock tfds) always decode: 2x faster
+        if not self.from_files:  # images encoded in memory (digits, mock tfds) always decode
             return positions.map(lambda p: preprocess(p, *self._read(shard_index(p))), num_parallel_calls=tf.data.AUTOTUNE)
-        return _in_order(positions, example)
+        return _in_chunks(start, first_try, example)
 
     def eval_stream(self, process_index, process_count, preprocess):
         """{'image', 'label', 'mask', 'failed'} of this process's shard; unreadable files: mask False."""
@@ -314,13 +354,6 @@ def _synthetic_split(classes: int, train: bool) -> _SyntheticSplit:
     return _SyntheticSplit(synthetic.Split(classes, train))
 
 
-def _normalize_synthetic(image: np.ndarray, normalization: Normalization) -> np.ndarray:
-    """`pp.normalize` in numpy for the synthetic source's uint8 images, until normalisation
-    moves onto the device (issue 18). The synthetic source gets no flips or colour shift."""
-    image = (image.astype(np.float32) - np.float32(normalization.mean_rgb)) / np.float32(normalization.std_rgb)
-    return image[..., ::-1] if normalization.bgr else image
-
-
 def _load_split(data_config, split: str):
     source = data_config.source
     if synthetic.num_classes(source):
@@ -407,33 +440,28 @@ def _local_batch(global_batch_size: int, process_count: int) -> int:
     return global_batch_size // process_count
 
 
-def preprocess_train(position, data, label, *, data_config, normalization: Normalization, key):
-    """The train example at stream `position`: scale S in [Smin, Smax], random crop, flip, colour shift."""
-    seeds = tf.random.experimental.stateless_split(
-        tf.random.experimental.stateless_fold_in(key, position), 4)
+def preprocess_train(position, data, label, *, data_config, key):
+    """The train example at stream `position`: scale S in [Smin, Smax], a random crop window,
+    decoded and resized to uint8 (flip and colour shift follow on the device)."""
+    seeds = tf.random.experimental.stateless_split(tf.random.experimental.stateless_fold_in(key, position), 2)
     c = data_config
     scale = tf.random.stateless_uniform([], seeds[0], c.scale_min, c.scale_max + 1, dtype=tf.int32)
     image = pp.decode_crop(data, scale, c.crop_size, tf.random.stateless_uniform([2], seeds[1]))
-    if c.flip:
-        image = pp.random_flip(image, seeds[2])
-    if c.color_shift_std:
-        image = pp.pca_color_shift(image, c.color_shift_std, seeds[3])
-    return {"image": pp.normalize(image, normalization), "label": label}
+    return {"image": pp.to_pixels(image), "label": label}
 
 
-def train_batches(data_config, *, global_batch_size: int, normalization: Normalization, seed: int,
-                  start_step: int = 0, process_index=None, process_count=None) -> Iterator[dict]:
-    """Endless {'image': float32 [b, crop, crop, 3], 'label': int32 [b]} of this process's shard,
+def train_batches(data_config, *, global_batch_size: int, seed: int, start_step: int = 0,
+                  process_index=None, process_count=None) -> Iterator[dict]:
+    """Endless {'image': uint8 [b, crop, crop, 3], 'label': int32 [b]} of this process's shard,
     b = global_batch_size / process_count; the batch at step k depends only on (config, seed, k)."""
     check_config(data_config)
     process_index, process_count = _processes(process_index, process_count)
     local_batch = _local_batch(global_batch_size, process_count)
     split = _load_split(data_config, data_config.train_split)
     if isinstance(split, _SyntheticSplit):
-        batches = split.generator.train_batches(data_config, local_batch=local_batch, seed=seed,
-                                                start_step=start_step, process_index=process_index)
-        return ({**batch, "image": _normalize_synthetic(batch["image"], normalization)} for batch in batches)
-    preprocess = functools.partial(preprocess_train, data_config=data_config, normalization=normalization,
+        return split.generator.train_batches(data_config, local_batch=local_batch, seed=seed,
+                                             start_step=start_step, process_index=process_index)
+    preprocess = functools.partial(preprocess_train, data_config=data_config,
                                    key=tf.constant([seed, process_index], tf.int64))
     stream = split.train_stream(seed, start_step * local_batch, process_index, process_count,
                                 data_config.shuffle_buffer, preprocess)
@@ -466,8 +494,8 @@ def _report_epochs(batches: Iterator[dict], split, start_step: int, global_batch
 
 
 def eval_batches(data_config, *, split: str | None = None, global_batch_size: int,
-                 normalization: Normalization, process_index=None, process_count=None) -> Iterator[dict]:
-    """The whole split once across processes: rescaled to eval_scale, centre crop. Every process
+                 process_index=None, process_count=None) -> Iterator[dict]:
+    """The whole split once across processes: rescaled to eval_scale, centre crop, uint8. Every process
     gets the same number of batches; 'mask' is False on the padding that fills the last ones and
     on unreadable files (counted in `skipped_files`)."""
     check_config(data_config)
@@ -479,13 +507,12 @@ def eval_batches(data_config, *, split: str | None = None, global_batch_size: in
     if isinstance(source, _SyntheticSplit):
         batches = source.generator.eval_batches(data_config, local_batch=local_batch, num_batches=num_batches,
                                                 process_index=process_index, process_count=process_count)
-        yield from ({**batch, "image": _normalize_synthetic(batch["image"], normalization)} for batch in batches)
+        yield from batches
         return
     crop = data_config.crop_size
 
     def preprocess(data, label):
-        image = pp.decode_crop(data, data_config.eval_scale, crop, (0.5, 0.5))
-        return {"image": pp.normalize(image, normalization), "label": label}
+        return {"image": pp.to_pixels(pp.decode_crop(data, data_config.eval_scale, crop, (0.5, 0.5))), "label": label}
 
     examples = source.eval_stream(process_index, process_count, preprocess)
     padding = {**_placeholder(examples.element_spec), "mask": False}
@@ -498,21 +525,19 @@ def eval_batches(data_config, *, split: str | None = None, global_batch_size: in
     source.skipped.report(f"evaluation of {split}")
 
 
-def eval_images(data_config, *, split: str | None = None, scale: int, normalization: Normalization,
+def eval_images(data_config, *, split: str | None = None, scale: int,
                 process_index=None, process_count=None) -> Iterator[tuple[np.ndarray, int]]:
-    """(float32 [H, W, 3] with min(H, W) == scale, label) for each readable image of this
+    """(uint8 [H, W, 3] with min(H, W) == scale, label) for each readable image of this
     process's shard, whole, for dense and multi-crop evaluation; `skipped_files` counts the others."""
     process_index, process_count = _processes(process_index, process_count)
     split = split or data_config.eval_split
     source = _load_split(data_config, split)
     if isinstance(source, _SyntheticSplit):
-        images = source.generator.eval_images(scale, process_index, process_count)
-        yield from ((_normalize_synthetic(image, normalization), label) for image, label in images)
+        yield from source.generator.eval_images(scale, process_index, process_count)
         return
 
     def preprocess(data, label):
-        image = pp.normalize(pp.rescale_smallest_side(pp.decode(data), scale), normalization)
-        return {"image": image, "label": label}
+        return {"image": pp.to_pixels(pp.rescale_smallest_side(pp.decode(data), scale)), "label": label}
 
     images = source.eval_stream(process_index, process_count, preprocess).prefetch(tf.data.AUTOTUNE)
     for example in images.as_numpy_iterator():

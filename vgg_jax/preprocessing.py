@@ -1,8 +1,10 @@
-"""The paper's image preprocessing (Sec. 3.1, 3.2) as small pure TensorFlow ops.
+"""The host's share of the paper's image preprocessing (Sec. 3.1, 3.2) as small pure TensorFlow ops.
 
-Train, eval and predict compose the same ops. Images are HxWx3 on a 0-255 scale. Random ops
-are stateless and take a `seed` of shape [2], so an example's augmentation is a function of
-(run seed, example position) and a restarted run reproduces it exactly.
+The host makes pixels: decode, the crop window, the isotropic rescale, and uint8 out
+(`to_pixels`). The arithmetic (flip, colour shift, normalisation) runs on the device, inside the
+jitted steps (`vgg_jax.augmentation`). Train, eval and predict compose the same ops. Images are
+HxWx3 on a 0-255 scale. Crop placement is drawn by the caller from stateless seeds, so an
+example's crop is a function of (run seed, example position) and a restarted run reproduces it.
 """
 
 from __future__ import annotations
@@ -13,14 +15,6 @@ import numpy as np
 
 from vgg_jax.lazy_tensorflow import tf  # imported at the first op: `import vgg_jax.preprocessing` needs no TF
 from vgg_jax.normalization import Normalization
-
-# AlexNet's PCA of ImageNet RGB pixels on a 0-1 scale: eigenvalues, eigenvectors as columns.
-IMAGENET_EIGVAL = (0.2175, 0.0188, 0.0045)
-IMAGENET_EIGVEC = (
-    (-0.5675, 0.7192, 0.4009),
-    (-0.5808, -0.0045, -0.8140),
-    (-0.5836, -0.6948, 0.4203),
-)
 
 
 def decode(data: tf.Tensor) -> tf.Tensor:
@@ -82,21 +76,10 @@ def decode_crop(data: tf.Tensor, scale, crop: int, offset) -> tf.Tensor:
     return tf.image.resize(window, [crop, crop], antialias=True)
 
 
-def random_crop(image: tf.Tensor, crop: int, seed) -> tf.Tensor:
-    """A uniformly placed crop x crop crop of an already rescaled image."""
-    return tf.image.stateless_random_crop(image, [crop, crop, 3], seed)
-
-
-def random_flip(image: tf.Tensor, seed) -> tf.Tensor:
-    """The image or its left-right mirror, with probability 1/2 each."""
-    return tf.image.stateless_random_flip_left_right(image, seed)
-
-
-def pca_color_shift(image: tf.Tensor, std: float, seed) -> tf.Tensor:
-    """AlexNet's lighting noise: adds eigvec @ (alpha * eigval), alpha ~ N(0, std^2), to every pixel."""
-    alpha = tf.random.stateless_normal([3], seed, stddev=std)
-    shift = tf.linalg.matvec(tf.constant(IMAGENET_EIGVEC), alpha * tf.constant(IMAGENET_EIGVAL))
-    return tf.cast(image, tf.float32) + 255.0 * shift  # the PCA is on a 0-1 scale
+def to_pixels(image: tf.Tensor) -> tf.Tensor:
+    """uint8 of a resampled 0-255 image: rounded to the nearest level (within 0.5 of it), so the
+    batch crosses to the device at a quarter of float32's bytes."""
+    return tf.saturate_cast(tf.round(image), tf.uint8)
 
 
 def normalize(image: tf.Tensor, normalization: Normalization) -> tf.Tensor:

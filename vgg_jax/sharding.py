@@ -6,7 +6,9 @@ The same code runs on one CPU, one GPU, or every device of a multi-host TPU/GPU 
 
 from __future__ import annotations
 
+import collections
 import os
+from typing import Iterable, Iterator
 
 import jax
 import numpy as np
@@ -54,3 +56,17 @@ def global_batch(local_batch: dict, mesh: Mesh) -> dict:
     sharding = batch_sharded(mesh)
     return {key: jax.make_array_from_process_local_data(sharding, np.asarray(value))
             for key, value in local_batch.items()}
+
+
+def prefetch_to_mesh(local_batches: Iterable[dict], mesh: Mesh, ahead: int = 2) -> Iterator[dict]:
+    """`global_batch` of each local batch, in order, with the next `ahead` batches already on the
+    devices when one is handed out: their transfers (asynchronous) overlap the current step.
+    flax.jax_utils.prefetch_to_device does this for pmap's stacked per-device layout; this is
+    its queue around the NamedSharding that jit takes."""
+    queue = collections.deque()
+    for local in local_batches:
+        queue.append(global_batch(local, mesh))
+        if len(queue) > ahead:
+            yield queue.popleft()
+    while queue:
+        yield queue.popleft()

@@ -19,7 +19,7 @@ import ml_collections
 import optax
 
 import vgg_jax
-from vgg_jax import compilation, input_pipeline, sharding
+from vgg_jax import augmentation, compilation, input_pipeline, sharding
 from vgg_jax.normalization import Normalization
 
 
@@ -103,8 +103,10 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def train_step(state: TrainState, batch: dict, *, model: vgg_jax.VGG, tx: optax.GradientTransformation,
-               accum_steps: int = 1, frozen_backbone: bool = False) -> tuple[TrainState, dict]:
+               accum_steps: int = 1, frozen_backbone: bool = False, augment=None) -> tuple[TrainState, dict]:
     """One SGD step on the global batch, averaged over `accum_steps` sequential micro-batches.
+    `augment(images, step)` turns the batch's uint8 pixels into the model's input
+    (`augmentation.train_augmentation`); without it batch['image'] is that input already.
     `frozen_backbone`: train fc8 alone (see VGG), without computing the backbone's gradients."""
     step_key = jax.random.fold_in(state.dropout_key, state.step)
 
@@ -127,7 +129,8 @@ def train_step(state: TrainState, batch: dict, *, model: vgg_jax.VGG, tx: optax.
     # (B, ...) -> (accum, B/accum, ...) taking every accum-th example, so each micro-batch
     # keeps the batch's sharding over devices.
     split = lambda x: jnp.swapaxes(x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]), 0, 1)
-    images, labels = split(batch["image"]), split(batch["label"])
+    images = batch["image"] if augment is None else augment(batch["image"], state.step)
+    images, labels = split(images), split(batch["label"])
     zeros = jax.tree.map(jnp.zeros_like, state.params)
     init = (zeros, state.batch_stats, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
     if accum_steps == 1:  # no loop: XLA:CPU runs the step ~20% faster outside a while loop
@@ -143,16 +146,19 @@ def train_step(state: TrainState, batch: dict, *, model: vgg_jax.VGG, tx: optax.
                          opt_state=opt_state), metrics
 
 
-def jitted_train_step(model: vgg_jax.VGG, tx: optax.GradientTransformation, train: ml_collections.ConfigDict):
+def jitted_train_step(model: vgg_jax.VGG, tx: optax.GradientTransformation, train: ml_collections.ConfigDict,
+                      augment=None):
     """`train_step` as `train` configures it, jitted; it donates (updates in place) the state."""
     step = functools.partial(train_step, model=model, tx=tx, accum_steps=train.accum_steps,
-                             frozen_backbone=train.backbone_lr_multiplier == 0)
+                             frozen_backbone=train.backbone_lr_multiplier == 0, augment=augment)
     return compilation.jit(step, donate_argnums=0)
 
 
-def eval_step(variables: dict, batch: dict, *, model: vgg_jax.VGG) -> dict:
-    """Sums over the real (mask=True) examples: loss, top-1 and top-5 correct, count."""
-    logits = model.apply(variables, batch["image"]).astype(jnp.float32)
+def eval_step(variables: dict, batch: dict, *, model: vgg_jax.VGG, normalization: Normalization | None = None) -> dict:
+    """Sums over the real (mask=True) examples: loss, top-1 and top-5 correct, count. With a
+    `normalization`, batch['image'] holds uint8 pixels, normalised here on the device."""
+    images = batch["image"] if normalization is None else augmentation.normalize(batch["image"], normalization)
+    logits = model.apply(variables, images).astype(jnp.float32)
     mask = batch["mask"]
     labels = batch["label"]
     top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
@@ -162,14 +168,12 @@ def eval_step(variables: dict, batch: dict, *, model: vgg_jax.VGG) -> dict:
             "count": jnp.sum(mask)}
 
 
-def validate(variables: dict, step, data: ml_collections.ConfigDict, *,
-             batch_size: int, normalization: Normalization, mesh) -> dict[str, float]:
+def validate(variables: dict, step, data: ml_collections.ConfigDict, *, batch_size: int, mesh) -> dict[str, float]:
     """Centre-crop top-1/top-5 accuracy and loss on the evaluation split; `step` is the jitted
-    eval_step, built once per run so that evaluations do not re-trace it."""
+    eval_step (with the run's normalisation), built once per run so evaluations do not re-trace it."""
     totals = None
-    for local in input_pipeline.eval_batches(data, global_batch_size=batch_size,
-                                             normalization=normalization):
-        sums = step(variables, sharding.global_batch(local, mesh))
+    for batch in sharding.prefetch_to_mesh(input_pipeline.eval_batches(data, global_batch_size=batch_size), mesh):
+        sums = step(variables, batch)
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     count = float(totals["count"])
     return {"val_loss": float(totals["loss"]) / count, "val_top1": float(totals["top1"]) / count,

@@ -3,6 +3,9 @@ report, validate (with the paper's plateau schedule) and checkpoint; stop on a s
 
 The steps and the optimiser are in `steps`, the run's files and resume policy in `run_files`,
 pre-initialisation in `preinit`, progress lines in `reporting`.
+Batches arrive as uint8 pixels; the steps flip, colour-shift and normalise them on the device
+(`augmentation`), and the next batches are already on the devices while a step runs
+(`sharding.prefetch_to_mesh`).
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ import numpy as np
 import optax
 
 import vgg_jax
-from vgg_jax import (checkpoints, compilation, configuration, input_pipeline, preinit, reporting, run_files,
-                     sharding, steps, weights)
+from vgg_jax import (augmentation, checkpoints, compilation, configuration, input_pipeline, preinit, reporting,
+                     run_files, sharding, steps, weights)
 from vgg_jax.normalization import Normalization
 from vgg_jax.run_files import Progress
 from vgg_jax.steps import TrainState
@@ -183,18 +186,19 @@ def train_loop(run: Run, state: TrainState, progress: Progress, writer) -> tuple
     """Steps until num_steps, a stop signal or the paper's schedule ends; returns the state,
     the progress record and the outcome (last train metrics, the signal if any)."""
     train = run.config.train
-    step_fn = steps.jitted_train_step(run.model, run.tx, train)
-    eval_fn = compilation.jit(functools.partial(steps.eval_step, model=run.model))
-    batches = input_pipeline.train_batches(run.config.data, global_batch_size=train.batch_size,
-                                           normalization=progress.spec.normalization, seed=train.seed,
-                                           start_step=int(state.step))
+    normalization = progress.spec.normalization
+    step_fn = steps.jitted_train_step(run.model, run.tx, train,
+                                      augmentation.train_augmentation(run.config.data, normalization, train.seed))
+    eval_fn = compilation.jit(functools.partial(steps.eval_step, model=run.model, normalization=normalization))
+    batches = sharding.prefetch_to_mesh(input_pipeline.train_batches(
+        run.config.data, global_batch_size=train.batch_size, seed=train.seed, start_step=int(state.step)), run.mesh)
     pending: list[tuple[int, dict]] = []  # device metrics, checked before anything is saved
     step = int(state.step)  # counted on the host from here: no device sync per step
     rate = reporting.Throughput(step, train.batch_size)
     outcome = {"signal": None, "train": {}}
     with StopRequest() as stop:
         while step < run.num_steps:
-            state, step_metrics = step_fn(state, sharding.global_batch(next(batches), run.mesh))
+            state, step_metrics = step_fn(state, next(batches))
             step += 1
             pending.append((step, step_metrics))
             evaluate_now = step % run.eval_every == 0 or step == run.num_steps
@@ -229,8 +233,7 @@ def evaluate_and_schedule(run: Run, state: TrainState, progress: Progress, step:
                           writer) -> tuple[TrainState, Progress]:
     """Validation at `step`, recorded in `progress`; on a plateau, the paper's schedule."""
     train = run.config.train
-    val = steps.validate(state.variables(), eval_fn, run.config.data, batch_size=train.eval_batch_size,
-                         normalization=progress.spec.normalization, mesh=run.mesh)
+    val = steps.validate(state.variables(), eval_fn, run.config.data, batch_size=train.eval_batch_size, mesh=run.mesh)
     writer.write_scalars(step, val)
     log.info("step %d  val top1 %.4f  top5 %.4f  loss %.4f", step, val["val_top1"], val["val_top5"], val["val_loss"])
     progress = dataclasses.replace(progress, last_eval={"step": step, **val})
