@@ -14,7 +14,7 @@ from numerics import EPS32, assert_float32_close
 import vgg_jax
 from vgg_jax import augmentation as aug
 from vgg_jax import preprocessing as pp
-from vgg_jax import training
+from vgg_jax import steps
 from vgg_jax.normalization import Normalization
 
 NORM = Normalization((120.0, 110.0, 100.0), (60.0, 50.0, 40.0), bgr=True)
@@ -127,8 +127,8 @@ def test_eval_step_normalises_uint8_batches_on_the_device():
     rng = np.random.default_rng(2)
     pixels = rng.integers(0, 256, (4, 32, 32, 3), np.uint8)
     batch = {"label": rng.integers(0, 4, 4).astype(np.int32), "mask": np.array([True, True, True, False])}
-    on_device = training.eval_step(variables, {**batch, "image": pixels}, model=model, normalization=NORM)
-    on_host = training.eval_step(variables, {**batch, "image": reference(pixels, False, np.zeros(3), NORM)
+    on_device = steps.eval_step(variables, {**batch, "image": pixels}, model=model, normalization=NORM)
+    on_host = steps.eval_step(variables, {**batch, "image": reference(pixels, False, np.zeros(3), NORM)
                                              .astype(np.float32)}, model=model)
     assert_float32_close(on_device["loss"], on_host["loss"], terms=9 * 64, layers=len(variables["params"]))
     assert {k: int(on_device[k]) for k in ("top1", "top5", "count")} == {k: int(on_host[k]) for k in ("top1", "top5", "count")}

@@ -101,7 +101,7 @@ def test_every_method_on_a_multi_position_map_equals_a_numpy_head_over_the_trunk
     variables = jax.tree.map(np.array, init(model))
     variables["params"]["fc8"]["kernel"] *= 30
     image = np.random.default_rng(5).standard_normal((96, 128, 3)).astype(np.float32)
-    _, posteriors = evaluation.scale_posteriors(member(model, variables), [(image, 0)], scale=96,
+    _, posteriors = evaluation.scale_posteriors(member(model, variables, IDENTITY), [(image, 0)], scale=96,
                                                 batch_size=4, mesh=sharding.data_mesh())
     trunk = model.clone(include_top=False)
     conv_params = {"params": {k: v for k, v in variables["params"].items() if not k.startswith("fc")}}
