@@ -167,8 +167,9 @@ def main() -> None:
         rates = [per_core_images_per_second(stage, jpegs, args.per_core_images) for _ in range(args.repeats)]
         print(f"| {name} | {'; '.join(f'{r:.0f}' for r in rates)} |")
 
-    def before():
-        return before_ip.train_batches(config, global_batch_size=args.batch, normalization=PAPER, seed=0,
+    def before():  # the code of BEFORE reads the window under its old name
+        old_config = ml_collections.ConfigDict({**config.to_dict(), "shuffle_buffer": config.shuffle_window})
+        return before_ip.train_batches(old_config, global_batch_size=args.batch, normalization=PAPER, seed=0,
                                        process_index=0, process_count=1)
 
     def now():

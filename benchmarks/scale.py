@@ -28,11 +28,11 @@ from configs import default
 from vgg_jax import input_pipeline as ip
 
 
-def data_config(source: str, data_dir: str | None, shuffle_buffer: int) -> ml_collections.ConfigDict:
+def data_config(source: str, data_dir: str | None, shuffle_window: int) -> ml_collections.ConfigDict:
     config = default.get_config().data
     config.update(source=source, data_dir=data_dir, train_split="train",
                   eval_split="validation" if data_dir else "val", val_fraction=0.05,
-                  shuffle_buffer=shuffle_buffer)
+                  shuffle_window=shuffle_window)
     return config
 
 
@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=256, help="tfds train shards (ImageNet: 1024)")
     parser.add_argument("--folder", type=int, default=4000, help="folder images")
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--shuffle_buffer", type=int, default=16_384, help="ImageNet config's")
+    parser.add_argument("--shuffle_window", type=int, default=16_384, help="ImageNet config's")
     parser.add_argument("--repeats", type=int, default=3, help="timings per figure (the median is shown)")
     args = parser.parse_args()
 
@@ -83,10 +83,10 @@ def main() -> None:
     if not os.path.exists(os.path.join(folder, ".complete")):
         datasets.build_folder(folder, num_images=args.folder, num_classes=100)
     print(f"datasets ready in {time.perf_counter() - start:.0f} s: {args.train} examples in {args.shards} "
-          f"shards, {args.folder} files, batch {args.batch}, shuffle_buffer {args.shuffle_buffer}\n")
+          f"shards, {args.folder} files, batch {args.batch}, shuffle_window {args.shuffle_window}\n")
 
-    sources = {"tfds": data_config(datasets.NAME, tfds_dir, args.shuffle_buffer),
-               "folder": data_config(f"folder:{folder}", None, args.shuffle_buffer)}
+    sources = {"tfds": data_config(datasets.NAME, tfds_dir, args.shuffle_window),
+               "folder": data_config(f"folder:{folder}", None, args.shuffle_window)}
     median = lambda f: statistics.median(f() for _ in range(args.repeats))  # noqa: E731
 
     def folder_start_up():

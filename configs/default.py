@@ -35,7 +35,7 @@ def get_config():
     config.data.color_shift_std = 0.1  # AlexNet PCA lighting; 0 disables
     config.data.mean_rgb = (77.9, 77.9, 77.9)  # the digits training split's mean RGB (0-255)
     config.data.std_rgb = (95.9, 95.9, 95.9)  # and its std: unit-scale inputs train faster here
-    config.data.shuffle_buffer = 2048
+    config.data.shuffle_window = 2048  # tfds sources: records shuffled within windows of this many (others: whole epochs)
 
     config.train = ml_collections.ConfigDict()
     config.train.seed = 0

@@ -29,7 +29,7 @@ def get_imagenet_config(arch: str, argument: str) -> ml_collections.ConfigDict:
         source="imagenet2012", train_split="train", eval_split="validation", crop_size=224,
         scale_min=scale_min, scale_max=scale_max, eval_scale=(scale_min + scale_max) // 2,
         color_shift_std=0.1, mean_rgb=(123.68, 116.779, 103.939), std_rgb=(1.0, 1.0, 1.0),
-        shuffle_buffer=16_384)
+        shuffle_window=16_384)
     config.train.update(
         batch_size=256, num_epochs=74, learning_rate=0.01, momentum=0.9, weight_decay=5e-4,
         schedule="plateau", plateau_patience=2, step_epochs=(), eval_every_epochs=1.0, eval_batch_size=512,

@@ -26,7 +26,7 @@ def get_transfer_config(name: str, dataset: str, stage: str, *, image_size: int 
     config.data.update(source=dataset, train_split="train[:90%]", eval_split="train[90%:]",
                        crop_size=image_size, scale_min=256 * image_size // 224,
                        scale_max=256 * image_size // 224, eval_scale=256 * image_size // 224,
-                       color_shift_std=0.1, shuffle_buffer=4096)
+                       color_shift_std=0.1, shuffle_window=4096)
     config.train.update(batch_size=64, num_epochs=5, schedule="cosine", eval_every_epochs=1.0,
                         eval_batch_size=128, log_every=20, checkpoint_every_steps=500)
     if stage == "head":

@@ -16,7 +16,7 @@ import pytest
 
 from configs import default
 from test_training import quick_config
-from vgg_jax import checkpoints, compilation, configuration, reporting, steps, training
+from vgg_jax import checkpoints, compilation, configuration, reporting, run_files, steps, training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -253,6 +253,21 @@ def test_each_bad_config_value_is_named(section, field, value, expected):
     with pytest.raises(configuration.ConfigError, match="invalid config") as raised:
         configuration.validate(config, device_count=4)
     assert expected in str(raised.value)
+
+
+def test_a_renamed_field_is_refused_by_its_old_name_and_old_run_files_read_under_the_new(tmp_path):
+    """Catches a renamed config field (data.shuffle_buffer -> data.shuffle_window) that an old
+    config file still sets being silently ignored (the run would use the default window), and an
+    earlier run's config.json that eval.py could no longer read."""
+    config = quick_config()
+    config.data.shuffle_buffer = 64
+    with pytest.raises(configuration.ConfigError, match=r"data.shuffle_buffer was renamed data.shuffle_window"):
+        configuration.validate(config, device_count=4)
+    old = json.loads(quick_config().to_json_best_effort())
+    old["data"]["shuffle_buffer"] = old["data"].pop("shuffle_window") + 1
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    data = run_files.read_run_config(str(tmp_path))["data"]
+    assert data["shuffle_window"] == old["data"]["shuffle_buffer"] and "shuffle_buffer" not in data
 
 
 def test_the_shipped_configs_are_valid():

@@ -201,7 +201,7 @@ def tfds_config(data_dir, **overrides):
 def records(config, start, n, seed=0, process_index=0, process_count=1):
     """The first n encoded images of the raw train stream from position `start`."""
     split = ip._load_split(config, "train")
-    stream = split.train_stream(seed, start, process_index, process_count, config.shuffle_buffer,
+    stream = split.train_stream(seed, start, process_index, process_count, config.shuffle_window,
                                 lambda position, data, label: {"data": data})
     return [example["data"] for example in stream.take(n).as_numpy_iterator()]
 
@@ -224,7 +224,7 @@ def test_tfds_sizes_come_from_metadata_and_batches_restart_exactly(tfds_dir):
 
 @pytest.mark.parametrize("window", [1, 16, 64, 1000])
 def test_tfds_order_is_a_seekable_shuffle_of_whole_epochs(tfds_dir, window):
-    config = tfds_config(tfds_dir, shuffle_buffer=window)
+    config = tfds_config(tfds_dir, shuffle_window=window)
     split = ip._load_split(config, "train")
     in_order = [e["image"] for e in split.eval_stream(0, 1, lambda data, label: {"image": data}).as_numpy_iterator()]
     stream = records(config, 0, 3 * 150)
@@ -240,7 +240,7 @@ def test_tfds_order_is_a_seekable_shuffle_of_whole_epochs(tfds_dir, window):
 
 
 def test_tfds_processes_share_every_epoch(tfds_dir):
-    config = tfds_config(tfds_dir, shuffle_buffer=16)
+    config = tfds_config(tfds_dir, shuffle_window=16)
     shares = [records(config, 0, 75, process_index=i, process_count=2) for i in range(2)]
     assert sorted(shares[0] + shares[1]) == sorted(records(config, 0, 150))
     assert records(config, 80, 10, process_index=1, process_count=2) == records(

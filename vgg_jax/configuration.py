@@ -24,9 +24,40 @@ class ConfigError(ValueError):
     """A config value that cannot work; the message names the field and how to fix it."""
 
 
+# Fields renamed since a release: an old name in a config file is refused, naming the new one
+# (silently ignoring it would train with the default); config.json files of earlier runs are read
+# under the new names (`upgraded`).
+RENAMED = {"data.shuffle_buffer": ("data.shuffle_window", "records of tfds shards are shuffled within "
+                                   "windows of this many; image folders and other indexed sources "
+                                   "permute every epoch whole")}
+
+
+def renamed_problems(config: ml_collections.ConfigDict) -> list[str]:
+    problems = []
+    for old, (new, meaning) in RENAMED.items():
+        section, name = old.split(".")
+        if name in config.get(section, {}):
+            problems.append(f"{old} was renamed {new} ({meaning}): rename it in the config")
+    return problems
+
+
+def upgraded(run_config: dict) -> dict:
+    """A config.json of an earlier run with the renamed fields under their new names."""
+    run_config = {section: dict(values) if isinstance(values, dict) else values
+                  for section, values in run_config.items()}
+    for old, (new, _) in RENAMED.items():
+        (old_section, old_name), (new_section, new_name) = old.split("."), new.split(".")
+        if old_name in run_config.get(old_section, {}):
+            run_config[new_section][new_name] = run_config[old_section].pop(old_name)
+    return run_config
+
+
 def validate(config: ml_collections.ConfigDict, device_count: int | None = None) -> None:
     """Raises ConfigError listing every invalid field of a training config."""
     device_count = jax.device_count() if device_count is None else device_count
+    problems = renamed_problems(config)
+    if problems:  # the other checks read the new names
+        raise ConfigError("invalid config: " + "; ".join(problems))
     problems = model_problems(config.model) + data_problems(config.data) + train_problems(
         config.train, device_count)
     if problems:

@@ -15,7 +15,7 @@ p = k * batch in time independent of k:
 - digits and folders are read by index: epoch e = p // n is a stateless permutation of the n
   examples keyed on (seed, e);
 - tfds (TFRecord shards) is read by seeking: epoch e reads the process's shards in an order
-  keyed on (seed, e), cut into windows of `shuffle_buffer` records, each window permuted with a
+  keyed on (seed, e), cut into windows of `shuffle_window` records, each window permuted with a
   key on (seed, e, window). A restart opens the shard holding its window's first record, skips
   inside it (at most one shard) and reads one window: the same work as a fresh start.
 Crop scale and placement draw from stateless RNGs keyed on (seed, process, p).
@@ -96,8 +96,8 @@ def check_config(data_config) -> None:
         raise ValueError(f"data.crop_size ({c.crop_size}) exceeds data.scale_min ({c.scale_min})")
     if c.crop_size > c.eval_scale:
         raise ValueError(f"data.crop_size ({c.crop_size}) exceeds data.eval_scale ({c.eval_scale})")
-    if c.shuffle_buffer < 1:
-        raise ValueError(f"data.shuffle_buffer ({c.shuffle_buffer}) must be >= 1")
+    if c.shuffle_window < 1:
+        raise ValueError(f"data.shuffle_window ({c.shuffle_window}) must be >= 1")
 
 
 def _placeholder(spec):
@@ -464,7 +464,7 @@ def train_batches(data_config, *, global_batch_size: int, seed: int, start_step:
     preprocess = functools.partial(preprocess_train, data_config=data_config,
                                    key=tf.constant([seed, process_index], tf.int64))
     stream = split.train_stream(seed, start_step * local_batch, process_index, process_count,
-                                data_config.shuffle_buffer, preprocess)
+                                data_config.shuffle_window, preprocess)
     batches = stream.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     return _report_epochs(batches.as_numpy_iterator(), split, start_step, global_batch_size)
 

@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from vgg_jax import checkpoints, steps
+from vgg_jax import checkpoints, configuration, steps
 
 log = logging.getLogger("vgg_jax.train")
 
@@ -89,14 +89,15 @@ def config_differences(previous: dict | None, config: ml_collections.ConfigDict)
 
 
 def read_run_config(workdir: str) -> dict | None:
-    """The config.json a training run left in `workdir`; None where there is none (a model
-    directory, a weight file); a ValueError naming the file if it cannot be read."""
+    """The config.json a training run left in `workdir` (renamed fields under their new names);
+    None where there is none (a model directory, a weight file); a ValueError naming the file if
+    it cannot be read."""
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
         return None
     try:
         with open(path) as f:
-            return json.load(f)
+            return configuration.upgraded(json.load(f))
     except (OSError, json.JSONDecodeError) as error:
         raise ValueError(f"cannot read {path}: {error}") from error
 
