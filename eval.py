@@ -68,7 +68,8 @@ def data_config(FLAGS, paths: list[str]) -> ConfigDict:
             raise ValueError(f"{paths[0]} has no training config.json: give the dataset with "
                              "--dataset=NAME (e.g. imagenet2012, 'folder:PATH') or a --config")
         config = FLAGS.config
-        config.data.update(scale_min=None, scale_max=None, eval_split="validation")
+        config.data.update(scale_min=None, scale_max=None, eval_split="validation",
+                           flip=True)  # ImageNet nets train with flips: the paper's test-time flips apply
     overrides = {"source": FLAGS.dataset, "data_dir": FLAGS.data_dir, "eval_split": FLAGS.split}
     config.data.update({key: value for key, value in overrides.items() if value is not None})
     root = os.path.expanduser(config.data.source.removeprefix("folder:"))

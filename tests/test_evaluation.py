@@ -118,6 +118,27 @@ def test_every_method_on_a_multi_position_map_equals_a_numpy_head_over_the_trunk
     assert dense.max() > 0.25 and np.abs(mean_of_softmaxes - dense).max() > 10 * atol  # they can be told apart
 
 
+def test_a_net_trained_without_flips_is_evaluated_without_mirrors():
+    """Catches test-time flips applied to a net trained without them (data.flip=False, e.g. the
+    digits quickstart, where a mirrored digit is another glyph): dense must be the softmax of the
+    image's own mean scores (numpy head, as above) and multi-crop must average the 25 grid crops, not 50."""
+    model = tiny_model(image_size=64)
+    variables = jax.tree.map(np.array, init(model))
+    variables["params"]["fc8"]["kernel"] *= 30
+    image = np.random.default_rng(5).standard_normal((96, 128, 3)).astype(np.float32)
+    _, posteriors = evaluation.scale_posteriors(member(model, variables, IDENTITY), [(image, 0)], scale=96,
+                                                batch_size=4, mesh=sharding.data_mesh(), flips=False)
+    trunk = model.clone(include_top=False)
+    conv_params = {"params": {k: v for k, v in variables["params"].items() if not k.startswith("fc")}}
+    head = lambda x: numpy_head(variables["params"], np.asarray(trunk.apply(conv_params, x[None]), np.float64)[0], 2)
+    scores = head(image)
+    atol = float32_tolerance(scores, terms=9 * 64, layers=len(variables["params"]))
+    np.testing.assert_allclose(posteriors["dense"][0], softmax(scores.mean(axis=(0, 1))), atol=atol, rtol=0)
+    offsets = [(y, x) for y in range(0, 33, 8) for x in range(0, 65, 16)]  # the 5x5 grid of 64 px crops
+    crops = np.mean([softmax(head(image[y:y + 64, x:x + 64])[0, 0]) for y, x in offsets], axis=0)
+    np.testing.assert_allclose(posteriors["multi-crop"][0], crops, atol=atol, rtol=0)
+
+
 @pytest.mark.parametrize("arch", ["vgg11", "vgg11_bn"])
 def test_padded_dense_batch_equals_each_image_evaluated_alone(arch):
     model = tiny_model(arch)

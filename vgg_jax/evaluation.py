@@ -146,9 +146,11 @@ def flip_average(posteriors: jax.Array) -> jax.Array:
     return (posteriors[:half] + posteriors[half:]) / 2
 
 
-def dense_posteriors(model, variables, images, sizes) -> jax.Array:
-    """Flip-averaged dense posteriors (N, C) of N padded images followed by their N mirrors."""
-    return flip_average(spatial_softmax(*dense_score_maps(model, variables, images, sizes)))
+def dense_posteriors(model, variables, images, sizes, flips: bool = True) -> jax.Array:
+    """Dense posteriors (N, C) of N padded images; with `flips`, the images are followed by
+    their N mirrors and each image's posteriors are averaged with its mirror's."""
+    posteriors = spatial_softmax(*dense_score_maps(model, variables, images, sizes))
+    return flip_average(posteriors) if flips else posteriors
 
 
 def crop_posteriors(model, variables, crops: jax.Array) -> jax.Array:
@@ -171,9 +173,10 @@ def grid_offsets(extent: jax.Array, crop: int, grid: int) -> jax.Array:
     return jnp.round(jnp.arange(grid) * (extent[..., None] - crop) / (grid - 1)).astype(jnp.int32)
 
 
-def multi_crops(images: jax.Array, sizes: jax.Array, crop: int) -> tuple[jax.Array, jax.Array]:
+def multi_crops(images: jax.Array, sizes: jax.Array, crop: int, flips: bool = True) -> tuple[jax.Array, jax.Array]:
     """(centre (N, 1, crop, crop, 3), grid (N, 2 * GRID**2, crop, crop, 3)) of padded images of
-    `sizes`, cut on the device: the centre crop, and the GRID x GRID grid, row-major, then mirrors."""
+    `sizes`, cut on the device: the centre crop, and the GRID x GRID grid, row-major, then its
+    mirrors (without `flips`: the grid alone, GRID**2 crops)."""
     def cut(image, y, x):
         return jax.lax.dynamic_slice(image, (y, x, 0), (crop, crop, image.shape[-1]))
 
@@ -181,20 +184,22 @@ def multi_crops(images: jax.Array, sizes: jax.Array, crop: int) -> tuple[jax.Arr
     ys, xs = grid_offsets(sizes[:, 0], crop, GRID), grid_offsets(sizes[:, 1], crop, GRID)
     ys, xs = jnp.repeat(ys, GRID, axis=1), jnp.tile(xs, (1, GRID))  # row-major
     grid = jax.vmap(jax.vmap(cut, in_axes=(None, 0, 0)))(images, ys, xs)
-    return centre[:, None], jnp.concatenate([grid, grid[:, :, :, ::-1]], axis=1)
+    return centre[:, None], jnp.concatenate([grid, grid[:, :, :, ::-1]], axis=1) if flips else grid
 
 
-@functools.partial(compilation.jit, static_argnums=(0, 1))
-def all_methods(model, normalization, variables, images, sizes) -> dict:
+@functools.partial(compilation.jit, static_argnums=(0, 1), static_argnames="flips")
+def all_methods(model, normalization, variables, images, sizes, flips: bool = True) -> dict:
     """{'single-crop', 'dense', 'multi-crop': posteriors (N, C)} of N uint8 images zero-padded at
     the bottom and right from `sizes` (N, 2): normalisation, mirrors and crops are done here, on
     the device. The padding need not be normalised: the dense path zeroes every conv's input
-    outside the image, and crops stay inside it."""
+    outside the image, and crops stay inside it. `flips`: dense and multi-crop also average over
+    mirrors (the paper's test-time flips; only for nets trained with flips)."""
     images = augmentation.normalize(images, normalization)
-    centre, grid = multi_crops(images, sizes, model.image_size)
-    both = jnp.concatenate([images, mirrored(images, sizes)])
+    centre, grid = multi_crops(images, sizes, model.image_size, flips)
+    if flips:
+        images, sizes = jnp.concatenate([images, mirrored(images, sizes)]), jnp.concatenate([sizes, sizes])
     return {"single-crop": crop_posteriors(model, variables, centre),
-            "dense": dense_posteriors(model, variables, both, jnp.concatenate([sizes, sizes])),
+            "dense": dense_posteriors(model, variables, images, sizes, flips),
             "multi-crop": crop_posteriors(model, variables, grid)}
 
 
@@ -221,9 +226,10 @@ def dense_batch(images: list[np.ndarray], shape: tuple[int, int]) -> dict:
 # --- one net at one scale ---------------------------------------------------------------------
 
 def scale_posteriors(member: Member, images: Iterable[tuple[np.ndarray, int]], *, scale: int,
-                     batch_size: int, mesh, pad_multiple: int = 32) -> tuple[np.ndarray, dict]:
+                     batch_size: int, mesh, pad_multiple: int = 32, flips: bool = True) -> tuple[np.ndarray, dict]:
     """Labels (N,) and {'single-crop', 'dense', 'multi-crop': posteriors (N, C)} of one net on
-    `images`: (uint8 image rescaled to `scale`, label) pairs, normalised on the device for this net.
+    `images`: (uint8 image rescaled to `scale`, label) pairs, normalised on the device for this net;
+    `flips`: dense and multi-crop average over mirrors too (see `all_methods`).
 
     Images wait for a full batch of `batch_size` of their padded shape; only the padded images
     go to the device (crops and mirrors are cut there). Short final batches are filled by
@@ -239,7 +245,7 @@ def scale_posteriors(member: Member, images: Iterable[tuple[np.ndarray, int]], *
         indices, group = zip(*pending.pop(shape))
         group = list(group) + [group[-1]] * (batch_size - len(group))
         outputs = all_methods(model, member.spec.normalization, variables,
-                              **sharding.global_batch(padded_batch(group, shape), mesh))
+                              **sharding.global_batch(padded_batch(group, shape), mesh), flips=flips)
         for method, values in outputs.items():
             results[method].update(zip(indices, np.asarray(values)))
 
@@ -304,7 +310,8 @@ def ensemble_posteriors(members: Sequence[Member], data_config, scales: Sequence
                         batch_size: int = 8, num_images: int | None = None, pad_multiple: int = 32,
                         mesh=None) -> tuple[np.ndarray, dict]:
     """Labels (N,) and {(method, scale): posteriors (N, C) averaged over the members} for the
-    single-crop, dense and multi-crop methods on data_config.eval_split (its first `num_images`).
+    single-crop, dense and multi-crop methods on data_config.eval_split (its first `num_images`),
+    averaging over mirrors where the nets were trained with flips (data_config.flip).
 
     Data-parallel over processes: each reads and evaluates its shard of the split on its own
     devices (`mesh`, default: this process's), and the posteriors are gathered at the end.
@@ -326,7 +333,8 @@ def ensemble_posteriors(members: Sequence[Member], data_config, scales: Sequence
         progress = tqdm.tqdm(itertools.islice(images, mine), total=mine, unit="img", disable=index != 0,
                              desc=f"{member.source} Q={scale}", mininterval=5, smoothing=0.1)
         member_labels, posteriors = gather_processes(*scale_posteriors(
-            member, progress, scale=scale, batch_size=batch_size, mesh=mesh, pad_multiple=pad_multiple))
+            member, progress, scale=scale, batch_size=batch_size, mesh=mesh, pad_multiple=pad_multiple,
+            flips=data_config.flip))
         log.info("%s at Q=%d: %d images in %.1f s", member.source, scale, len(member_labels), time.time() - start)
         if labels is None:
             labels = member_labels
