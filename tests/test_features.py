@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from numerics import assert_float32_close
+from random_nets import he_normal_variables
 import vgg_jax
 from test_weights import TorchvisionVGG, imported_model, input_images
 from vgg_jax.features import extract_features, image_descriptor, perceptual_loss
@@ -64,18 +65,9 @@ def test_perceptual_loss_equals_torch_and_differentiates(vgg16_pair):
 
 @pytest.fixture(scope="module")
 def small_net():
-    """A narrow vgg11 with He-normal kernels and random biases drawn in numpy (compiling
-    model.init's random ops would take longer than every test here)."""
+    """A narrow vgg11 with He-normal kernels and random biases."""
     model = vgg_jax.vgg11(width=0.125, image_size=32, num_classes=3)
-    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
-    rng = np.random.default_rng(0)
-
-    def random_leaf(leaf):
-        if len(leaf.shape) == 1:
-            return rng.uniform(-0.1, 0.1, leaf.shape).astype(np.float32)
-        return (rng.normal(size=leaf.shape) * np.sqrt(2 / np.prod(leaf.shape[:-1]))).astype(np.float32)
-
-    return model, jax.tree.map(random_leaf, shapes)
+    return model, he_normal_variables(model)
 
 
 def manual_descriptor(model, variables, image):

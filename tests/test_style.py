@@ -12,6 +12,7 @@ from PIL import Image
 from sklearn.datasets import load_sample_images
 
 from numerics import assert_float32_close, float32_tolerance
+from random_nets import he_normal_variables
 import vgg_jax
 from test_weights import randomize, torch_features
 from vgg_jax import checkpoints, style, stylize
@@ -144,18 +145,9 @@ def test_gram_and_content_loss_are_float32_for_half_precision_features():
 
 @pytest.fixture(scope="module")
 def narrow_vgg19():
-    """A VGG-19 at 1/8 width with He-normal kernels and small random biases (drawn in numpy:
-    compiling model.init's random ops would take longer than the test)."""
+    """A VGG-19 at 1/8 width with He-normal kernels and small random biases."""
     model = vgg_jax.vgg19(width=0.125, include_top=False)
-    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
-    rng = np.random.default_rng(0)
-
-    def random_leaf(leaf):
-        if len(leaf.shape) == 1:
-            return rng.uniform(-0.1, 0.1, leaf.shape).astype(np.float32)
-        return (rng.normal(size=leaf.shape) * np.sqrt(2 / np.prod(leaf.shape[:-1]))).astype(np.float32)
-
-    return model, jax.tree.map(random_leaf, shapes)
+    return model, he_normal_variables(model)
 
 
 @pytest.fixture(scope="module")
