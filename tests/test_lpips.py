@@ -12,7 +12,7 @@ import torch
 
 from numerics import assert_float32_close
 import vgg_jax
-from test_weights import randomize, torch_features
+from test_weights import random_features_file
 from vgg_jax import checkpoints, lpips
 from vgg_jax.weights import WeightsError, import_to_checkpoint
 
@@ -20,11 +20,7 @@ from vgg_jax.weights import WeightsError, import_to_checkpoint
 @pytest.fixture(scope="module")
 def backbone(tmp_path_factory):
     """torchvision's vgg16 `features` with He-normal weights, and the same saved as a .pth."""
-    features = torch_features("vgg16")
-    randomize(features)
-    path = tmp_path_factory.mktemp("lpips") / "vgg16.pth"
-    torch.save({f"features.{key}": value for key, value in features.state_dict().items()}, path)
-    return features, path
+    return random_features_file("vgg16", tmp_path_factory.mktemp("lpips"))
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from sklearn.datasets import load_sample_images
 from numerics import assert_float32_close, float32_tolerance
 from random_nets import he_normal_variables
 import vgg_jax
-from test_weights import randomize, torch_features
+from test_weights import random_features_file
 from vgg_jax import checkpoints, style, stylize
 from vgg_jax import preprocessing as pp
 from vgg_jax.normalization import TORCHVISION
@@ -74,10 +74,7 @@ def mse_error(mse, difference_error, entries):
 @pytest.fixture(scope="module")
 def vgg19_file(tmp_path_factory):
     """torchvision's VGG-19 feature stack with random He-normal weights, and its .pth file."""
-    stack = torch_features("vgg19")
-    randomize(stack)
-    path = tmp_path_factory.mktemp("weights") / "vgg19.pth"
-    torch.save({f"features.{key}": value for key, value in stack.state_dict().items()}, path)
+    stack, path = random_features_file("vgg19", tmp_path_factory.mktemp("weights"))
     return stack.double(), path
 
 

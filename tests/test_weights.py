@@ -84,6 +84,16 @@ class TimmVGG(torch.nn.Module):
 
 
 @torch.no_grad()
+def random_features_file(arch, directory):
+    """torchvision's `features` of `arch` with He-normal weights (`randomize`), and the same saved
+    as a .pth under `directory` with torchvision's key names."""
+    features = torch_features(arch)
+    randomize(features)
+    path = directory / f"{arch}.pth"
+    torch.save({f"features.{key}": value for key, value in features.state_dict().items()}, path)
+    return features, path
+
+
 def randomize(module, seed=0):
     """He-normal weights (activations keep an O(1) scale, so 1e-4 is a tight bound) and
     non-trivial BN statistics."""
