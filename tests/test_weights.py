@@ -83,7 +83,6 @@ class TimmVGG(torch.nn.Module):
         return self.head.fc(x.mean(dim=(2, 3)))
 
 
-@torch.no_grad()
 def random_features_file(arch, directory):
     """torchvision's `features` of `arch` with He-normal weights (`randomize`), and the same saved
     as a .pth under `directory` with torchvision's key names."""
@@ -94,6 +93,7 @@ def random_features_file(arch, directory):
     return features, path
 
 
+@torch.no_grad()
 def randomize(module, seed=0):
     """He-normal weights (activations keep an O(1) scale, so 1e-4 is a tight bound) and
     non-trivial BN statistics."""
