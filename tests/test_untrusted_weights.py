@@ -124,6 +124,16 @@ def torch_attack(path, replace, extra_storages=None, bomb=None):
     return path
 
 
+def with_empty_entries(path, count):
+    """The filler file with `count` empty entries more: 46 bytes and a name each in the central
+    directory, which zipfile turns into a Python object of about 600 bytes each."""
+    torch_attack(path, {})
+    with zipfile.ZipFile(path, "a") as archive:
+        for index in range(count):
+            archive.writestr(f"archive/extra/{index}", b"")
+    return path
+
+
 def legacy_pth(path, entries, storages):
     """torch.save's legacy format: magic, protocol, system info and state dict pickles, the
     storage keys, then per storage an int64 element count and its bytes (`storages`: key ->
@@ -192,6 +202,9 @@ TORCH_ATTACKS = {
             contiguous((64, 3, 1000, 1000)))}, bomb=("big", 4 * 64 * 3 * 1000 * 1000)),
         r"features\.0\.weight \(64, 3, 1000, 1000\) -> conv1_1/kernel \(1000, 1000, 3, 64\), "
         r"the model needs \(3, 3, 3, 64\)"),
+    "a central directory of 30,000 empty entries": (
+        lambda path: with_empty_entries(path, 30_000),
+        r"refusing the zip: its central directory is \d+ bytes, more than 1048576"),
     "legacy storage count past the end of the file": (
         lambda path: legacy_pth(path, {BIAS: tensor(storage("FloatStorage", "b", 64), 0, (64,), (1,))},
                                 {"b": (2**40, bytes(256))}),

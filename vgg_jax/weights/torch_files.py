@@ -6,8 +6,9 @@ parameters, ordered dicts and storage types, and hands the pickle stand-ins that
 dict keys). A tensor is then only described (`FileTensor`): its storage type names its dtype,
 its strides must be dense (no zeros, overlaps or gaps) and its bytes must lie inside its storage
 and the file; they are read when asked, and only they (a zip entry is never decompressed
-further than that). Both torch.save formats are read: the zip archive (torch >= 1.6) and the
-legacy pickle sequence that torchvision's VGG downloads use.
+further than that; the zip's central directory is bounded before zipfile reads it). Both
+torch.save formats are read: the zip archive (torch >= 1.6) and the legacy pickle sequence that
+torchvision's VGG downloads use.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ STORAGE_DTYPES = {
 }
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.save's format before torch 1.6 (a pickle sequence)
 MAX_DIMS = 8
+MAX_CENTRAL_DIRECTORY = 2**20  # bytes; a VGG state dict's is about 4 kB, a training checkpoint's tens of kB
 
 
 class StandIn:
@@ -218,6 +220,18 @@ def zip_storages(archive: zipfile.ZipFile, prefix: str, refs: dict[str, StorageR
     return storages
 
 
+def open_zip(path: str) -> zipfile.ZipFile:
+    """The archive, once its central directory is known to be small: zipfile reads it whole and
+    builds a Python object of about 600 bytes per 46-byte entry (a 1 GB file of empty entries
+    would cost some 13 GB)."""
+    with open(path, "rb") as file:
+        end = zipfile._EndRecData(file)  # the end record (zip64 too) that ZipFile itself reads first
+    if end[zipfile._ECD_SIZE] > MAX_CENTRAL_DIRECTORY:
+        raise WeightsError(f"refusing the zip: its central directory is {end[zipfile._ECD_SIZE]} bytes, "
+                           f"more than {MAX_CENTRAL_DIRECTORY}")
+    return zipfile.ZipFile(path)
+
+
 def zip_contents(archive: zipfile.ZipFile) -> tuple[Any, dict[str, Storage], bool]:
     """torch.save's zip: <prefix>/data.pkl with storages in <prefix>/data/<key>."""
     pickles = [info for info in archive.infolist() if info.filename.endswith("/data.pkl")]
@@ -290,7 +304,7 @@ def open_torch(path: str) -> Iterator[dict[str, FileTensor]]:
     with contextlib.ExitStack() as stack:
         try:
             if zipfile.is_zipfile(path):
-                contents, storages, little = zip_contents(stack.enter_context(zipfile.ZipFile(path)))
+                contents, storages, little = zip_contents(stack.enter_context(open_zip(path)))
             else:
                 contents, storages, little = legacy_contents(stack.enter_context(open(path, "rb")))
             tensors = state_dict_tensors(contents, storages, little)
