@@ -39,6 +39,7 @@ import pytest
 from PIL import Image
 
 from numerics import assert_float32_close
+from random_nets import he_normal_variables
 import vgg_jax
 from vgg_jax import checkpoints, loading, lpips
 from vgg_jax.class_names import imagenet_class_names
@@ -120,26 +121,13 @@ def prelude(**names) -> dict:
 
 # ----- stand-ins for the weights -----
 
-def he_normal_variables(model: vgg_jax.VGG, seed: int = 0) -> dict:
-    """`model`'s variables, drawn in numpy as tests/random_nets.py does (He-normal kernels,
-    biases uniform in [-0.1, 0.1]), at the model's own image_size (a 224 crop's fc6)."""
-    rng = np.random.default_rng(seed)
-
-    def random_leaf(leaf):
-        if len(leaf.shape) == 1:
-            return rng.uniform(-0.1, 0.1, leaf.shape).astype(np.float32)
-        return (rng.normal(size=leaf.shape) * np.sqrt(2 / np.prod(leaf.shape[:-1]))).astype(np.float32)
-
-    return jax.tree.map(random_leaf, checkpoints.abstract_variables(model))
-
-
 _VARIABLES: dict[str, dict] = {}
 
 
 def stand_in(arch: str, normalization, class_names) -> tuple[dict, checkpoints.ModelSpec]:
     spec = checkpoints.ModelSpec(arch, {**HEAD, "width": WIDTH}, class_names, normalization)
     if arch not in _VARIABLES:
-        _VARIABLES[arch] = he_normal_variables(spec.build(), seed=len(_VARIABLES))
+        _VARIABLES[arch] = he_normal_variables(spec.build(), seed=len(_VARIABLES), image_size=HEAD["image_size"])
     return _VARIABLES[arch], spec
 
 
