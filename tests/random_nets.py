@@ -6,10 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def he_normal_variables(model, seed: int = 0) -> dict:
-    """`model`'s variables at a 32 px input: He-normal kernels, biases uniform in [-0.1, 0.1]
-    (non-zero, so that a bias-handling bug shows)."""
-    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+def he_normal_variables(model, seed: int = 0, image_size: int = 32) -> dict:
+    """`model`'s variables at an `image_size` input (it fixes fc6's shape when the model has its
+    head): He-normal kernels, biases uniform in [-0.1, 0.1] (non-zero, so that a bias-handling
+    bug shows)."""
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, image_size, image_size, 3)))
     rng = np.random.default_rng(seed)
 
     def random_leaf(leaf):
