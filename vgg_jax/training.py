@@ -278,7 +278,7 @@ def final_results(run: Run, state: TrainState, progress: Progress, outcome: dict
 
 def check_finite(pending: list[tuple[int, dict]]) -> dict[str, float]:
     """Means of the pending step metrics; raises naming the first step whose loss is NaN/Inf."""
-    host = [(step, jax.tree.map(float, m)) for step, m in pending]
+    host = [(step, jax.tree.map(float, m)) for step, m in jax.device_get(pending)]  # one transfer for all
     for step, metrics in host:
         if not np.isfinite(metrics["loss"]):
             raise NonFiniteLoss(f"the training loss is {metrics['loss']} at step {step}; "
