@@ -240,6 +240,8 @@ def test_a_read_only_workdir_stops_with_an_os_error_naming_the_file(read_only_vi
     ("train", "eval_batch_size", 6, "train.eval_batch_size=6 must be a multiple of devices (4)"),
     ("train", "schedule", "linear", "train.schedule='linear' is unknown"),
     ("train", "max_lr_drops", -1, "train.max_lr_drops=-1 must be a count >= 0"),
+    ("train", "momentum", 1.0, "train.momentum=1.0 must be in [0, 1)"),  # diverges: velocity never decays
+    ("train", "momentum", -0.5, "train.momentum=-0.5 must be in [0, 1)"),
     ("model", "arch", "vgg17", "model.arch='vgg17' is unknown; choose one of vgg11"),
     ("model", "dropout_rate", 1.0, "model.dropout_rate=1.0 must be in [0, 1)"),
     ("model", "image_size", 48, "model.image_size=48 must be a multiple of 32"),
@@ -248,6 +250,8 @@ def test_a_read_only_workdir_stops_with_an_os_error_naming_the_file(read_only_vi
     ("data", "scale_min", 16, "data.crop_size (32) exceeds data.scale_min (16)"),
 ])
 def test_each_bad_config_value_is_named(section, field, value, expected):
+    """Catches a config check removed or loosened (e.g. momentum's): the bad value would reach
+    the optimiser and the run diverge or silently train with it."""
     config = quick_config()
     config[section][field] = value
     with pytest.raises(configuration.ConfigError, match="invalid config") as raised:
@@ -306,6 +310,32 @@ def test_a_resume_refuses_a_new_batch_size_and_applies_a_new_learning_rate(tmp_p
 
 
 # --- small pieces ----------------------------------------------------------------------------
+
+def test_images_per_second_leave_out_paused_time(monkeypatch):
+    """Catches evaluation or checkpoint time counted in the training rate: 3 steps of 32 images
+    over 5 s of which 1 s paused is 96 / 4 = 24 img/s (closed form, on a scripted clock)."""
+    clock = iter([0.0, 1.0, 2.0, 5.0])
+    monkeypatch.setattr(reporting.time, "monotonic", lambda: next(clock))
+    rate = reporting.Throughput(step=0, batch_size=32)
+    with rate.paused():
+        pass
+    assert rate.images_per_second(3) == pytest.approx(24.0)
+
+
+def test_the_progress_rate_counts_the_global_batch(tmp_path, monkeypatch):
+    """Catches img/s computed from the per-device batch (train.batch_size / devices): over the
+    4 CPU devices the tests run on, the progress line would read a quarter of the real rate."""
+    batch_sizes = []
+
+    class Recording(reporting.Throughput):
+        def __init__(self, step, batch_size):
+            batch_sizes.append(batch_size)
+            super().__init__(step, batch_size)
+    monkeypatch.setattr(reporting, "Throughput", Recording)
+    config = quick_config(num_steps=1, eval_every_epochs=100)
+    training.train_and_evaluate(config, str(tmp_path))
+    assert jax.device_count() == 4 and batch_sizes == [config.train.batch_size]
+
 
 def test_eta_shows_days():
     assert reporting.format_duration(3 * 86_400 + 4 * 3600 + 5 * 60 + 6) == "3d 04:05:06"

@@ -145,3 +145,19 @@ def test_errors_name_the_problem(checkpoint, photos, tmp_path, capsys):
     assert "Q=16 is smaller than the model's crop size 32" in capsys.readouterr().err
     assert predict.main(["--checkpoint", "pretrained:vgg17", photos["china"]]) == 1
     assert capsys.readouterr().err.startswith("error: no pretrained weights named 'vgg17'")
+
+
+def test_the_heatmap_is_the_map_of_the_class_it_is_titled_with(checkpoint, photos, tmp_path, monkeypatch, capsys):
+    """Catches the heatmap drawn from another class's scores (e.g. the second best) under the
+    best class's name: the drawn map must be the dense score map's channel of the top class."""
+    drawn = []
+    monkeypatch.setattr(predict, "write_heatmap", lambda path, image, scores, name, scale: drawn.append((scores, name)))
+    assert predict.main(["--checkpoint", checkpoint, "--heatmap", str(tmp_path / "map.png"), photos["china"]]) == 0
+    best_line = capsys.readouterr().out.splitlines()[1]  # "  1. 0.1234  class 7 (7)"
+    best = int(best_line.rsplit("(", 1)[1].rstrip(")"))
+    model, variables, spec = vgg_jax.load(checkpoint)
+    image = pp.load_image_file(photos["china"])
+    _, maps = predict.predict(model, variables, spec, image, predict.default_heatmap_scale(model.image_size))
+    [(scores, name)] = drawn
+    assert name == NAMES[best]
+    np.testing.assert_array_equal(scores, maps[..., best])

@@ -142,3 +142,25 @@ def test_plateau_divides_the_learning_rate_after_patience_then_stops_after_the_l
 def test_global_batch_not_divisible_by_devices_is_refused():
     with pytest.raises(ValueError, match="not divisible by the 4 devices"):
         sharding.check_global_batch(6, sharding.data_mesh(jax.devices()[:4]))
+
+
+def test_eval_step_scores_in_inference_mode():
+    """Catches validation computed in training mode: with dropout on, two evaluations of the same
+    batch differ; with batch statistics, an example's loss depends on the rest of its batch. In
+    inference mode each example's sums are its own, so a batch's sums are the sum of its
+    examples' sums evaluated one at a time."""
+    model = vgg_jax.create_model("vgg11_bn", num_classes=4, width=0.0625, image_size=32,
+                                 dropout_rate=0.5, init_scheme="glorot")
+    variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+    rng = np.random.default_rng(1)  # running statistics far from any batch's own
+    variables["batch_stats"] = jax.tree.map(
+        lambda v: jnp.asarray(rng.uniform(0.5, 2.0, v.shape), jnp.float32), variables["batch_stats"])
+    data = {**batch(4), "mask": np.ones(4, bool)}
+    evaluate = jax.jit(functools.partial(steps.eval_step, model=model))
+    whole = jax.device_get(evaluate(variables, data))
+    assert whole == jax.device_get(evaluate(variables, data))  # no dropout: the same twice
+    alone = [jax.device_get(evaluate(variables, jax.tree.map(lambda x: x[i:i + 1], data))) for i in range(4)]
+    # Batch sizes may take other conv kernels (float32 rounding ~1e-6 relative through 11 layers);
+    # training mode changes the losses by O(1).
+    np.testing.assert_allclose(whole["loss"], sum(a["loss"] for a in alone), rtol=1e-3)
+    assert whole["top1"] == sum(a["top1"] for a in alone) and whole["count"] == 4

@@ -137,18 +137,25 @@ def tiny_variables(arch, seed, **kwargs):
     return model, jax.tree.map(np.asarray, model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 32, 32, 3))))
 
 
+# Sec. 3.1, written out here: "the first four convolutional layers and the last three fully-
+# connected layers" of net A (whose first four convs are conv1_1, conv2_1, conv3_1, conv3_2).
+PAPER_NET_A_LAYERS = ["conv1_1", "conv2_1", "conv3_1", "conv3_2", "fc6", "fc7", "fc8"]
+
+
 @pytest.mark.parametrize("target_arch", ["vgg16", "vgg19_bn"])
 def test_preinit_copies_exactly_the_paper_layers(target_arch):
+    """Catches pre-initialisation from net A copying other layers than the paper's, e.g. silently
+    skipping fc7 (the list is the paper's, not the library's constant)."""
     source_arch = "vgg11_bn" if target_arch.endswith("_bn") else "vgg11"
     _, source = tiny_variables(source_arch, seed=1)
     _, target = tiny_variables(target_arch, seed=2)
     layers = preinit.layers_to_copy("net_a", target["params"])
     merged, copied = preinit.copy_layers(target, source, layers)
-    assert copied == list(preinit.NET_A_LAYERS)
+    assert copied == PAPER_NET_A_LAYERS
     for collection in merged:
         for name, value in merged[collection].items():
             owner = "conv" + name[2:] if name.startswith("bn") else name
-            expected = source if owner in preinit.NET_A_LAYERS else target
+            expected = source if owner in PAPER_NET_A_LAYERS else target
             leaves_close(value, expected[collection][name], 0)
 
 

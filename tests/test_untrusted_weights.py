@@ -20,6 +20,8 @@ import h5py
 import numpy as np
 import pytest
 
+from vgg_jax.weights import pickle_check
+from vgg_jax.weights.errors import WeightsError
 from vgg_jax.weights.pickle_check import MAX_DEPTH
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -456,3 +458,17 @@ def test_a_head_larger_than_the_architecture_is_refused_from_its_shape(fc6_windo
     keys = conversion.torch_key_map(model, conversion.TORCHVISION_HEAD)
     with pytest.raises(WeightsError, match=reason):
         conversion.convert(tensors, keys, model, "w.pth", "w.pth as vgg11")
+
+
+def test_nesting_is_bounded_near_what_torch_save_writes():
+    """Catches the nesting bound raised far above a checkpoint's ~6 levels (e.g. 32 -> 200, where
+    Python's C code recursion on hashing or repr of deep values gets close): 40 levels are refused
+    before anything is built, 30 pass."""
+    def nested(levels):
+        value = ()
+        for _ in range(levels):
+            value = (value,)
+        return pickle.dumps(value, protocol=2)
+    pickle_check.check_pickle(nested(30))
+    with pytest.raises(WeightsError, match="nested more than 32 deep"):
+        pickle_check.check_pickle(nested(40))
