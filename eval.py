@@ -16,7 +16,6 @@ weights) from --dataset. Default test scales: from the training scales (S-32, S,
 Several processes (--coordinator, or a TPU pod / SLURM job) each evaluate their shard of the split.
 """
 
-import logging
 import os
 import sys
 
@@ -96,8 +95,7 @@ def check_arguments(FLAGS) -> tuple[list[str], list[int]]:
 
 def main(argv):
     del argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    command_line.configure_logging()
     FLAGS = flags.FLAGS
     try:
         paths, scales = check_arguments(FLAGS)

@@ -36,8 +36,7 @@ def main(argv):
     from vgg_jax import checkpoints, devices, training
 
     command_line.initialize_processes()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save at INFO
+    command_line.configure_logging()
     logging.getLogger("absl").addFilter(checkpoints.without_orbax_tracebacks)
     sys.unraisablehook = ignore_closed_event_loops
     devices.log_devices()

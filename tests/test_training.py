@@ -118,6 +118,9 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path, caplog):
     finally:
         process.kill()  # a failed wait leaves nothing running (a no-op once it has exited)
     assert f"resumed from {interrupted} at step {saved}" in logs[1].read_text()
+    # A quiet start (catches jax's backend probe lines reaching the log): the backend used, once.
+    first_lines = logs[0].read_text().splitlines()[:2]
+    assert "backend cpu" in first_lines[0] and not any("Unable to initialize backend" in line for line in first_lines)
     terminated = json.load(open(os.path.join(interrupted, "results.json")))
     assert terminated["interrupted"] == "SIGTERM" and saved < terminated["step"] < 40
     assert checkpoints.default_step(checkpoints.model_root(interrupted)) == terminated["step"]

@@ -5,6 +5,7 @@ are absl flags; the module CLIs (predict, weights, stylize, export) parse theirs
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from absl import flags
@@ -38,3 +39,13 @@ def parse(flag_values: flags.FlagValues, argv: list[str] | None, usage: str) -> 
     except flags.Error as error:
         print(f"error: {error} (see --help)", file=sys.stderr)
         sys.exit(2)
+
+
+def configure_logging() -> None:
+    """Timestamped INFO lines for train.py and eval.py, without other libraries' chatter: orbax
+    logs every save through absl at INFO, and jax's backend probe logs a failed TPU/GPU probe
+    ("Unable to initialize backend 'tpu'") on every CPU-only start; the one line naming the
+    backend that is used comes from `devices.log_devices`."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
