@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -526,10 +527,38 @@ print(json.dumps(results))
 """
 
 
+PLUGIN = r"""
+#include <fcntl.h>
+#include <stdlib.h>
+#include <unistd.h>
+__attribute__((constructor)) static void loaded(void) {  /* runs when HDF5 dlopen()s the library */
+    const char *marker = getenv("PLUGIN_MARKER");
+    if (marker) close(open(marker, O_CREAT | O_WRONLY, 0600));
+}
+"""
+
+
 @pytest.fixture(scope="module")
-def outcomes(tmp_path_factory):
+def hdf5_plugin(tmp_path_factory):
+    """The environment of a directory for HDF5_PLUGIN_PATH whose one library leaves a marker
+    file when it is loaded (HDF5 loads every library there while it looks for an unknown
+    filter), and that marker's path; None without a C compiler."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return None
+    directory = tmp_path_factory.mktemp("hdf5_plugins")
+    (directory / "marker.c").write_text(PLUGIN)
+    subprocess.run([compiler, "-shared", "-fPIC", "-o", str(directory / "libmarker.so"), str(directory / "marker.c")],
+                   check=True)
+    marker = directory.parent / "plugin_loaded"
+    return {"HDF5_PLUGIN_PATH": str(directory), "PLUGIN_MARKER": str(marker)}, marker
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory, hdf5_plugin):
     """Every attack's import, in one subprocess whose address space is capped at CEILING above
-    what the two clean imports (the filler files alone) needed."""
+    what the two clean imports (the filler files alone) needed (and HDF5's plugin directory is
+    the marker plugin's)."""
     directory = tmp_path_factory.mktemp("untrusted")
     builders = {**{attack: build for attack, (build, _) in ATTACKS.items()},
                 "clean torch": lambda path: torch_attack(path, {}), "clean keras": keras_attack()}
@@ -539,8 +568,9 @@ def outcomes(tmp_path_factory):
         os.makedirs(directory / str(number))
         path = str(build(str(directory / str(number) / f"weights{suffix}")))
         cases[attack] = (path, "vgg16" if suffix == ".h5" else "vgg11", str(directory / str(number) / "out"))
+    environment = {**os.environ, **(hdf5_plugin[0] if hdf5_plugin else {})}
     done = subprocess.run([sys.executable, "-c", DRIVER, str(CEILING)], input=json.dumps(cases), cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+                          env=environment, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return cases, json.loads(done.stdout.splitlines()[-1])
 
@@ -566,6 +596,14 @@ def test_a_crafted_file_is_refused_in_one_line_and_nothing_is_written(attack, ou
     assert line.count("\n") == 1 and line.startswith("error: ") and path in line, result
     assert re.search(reason, line), line
     assert len(line) < 1000  # nothing from the file at length
+
+
+def test_hdf5_never_looks_for_a_plugin(outcomes, hdf5_plugin):
+    """Catches an unknown filter id reaching HDF5's read, which loads every library in its
+    plugin directory (code from wherever HDF5_PLUGIN_PATH or its default points) to find it."""
+    if hdf5_plugin is None:
+        pytest.skip("no C compiler to build the marker plugin")
+    assert not hdf5_plugin[1].exists()
 
 
 def test_the_hand_written_pickles_are_torch_save_files(tmp_path):
