@@ -4,7 +4,8 @@ import` with one `error:` line naming the file, the key and the reason, nothing 
 instead of exhausting the machine).
 
 Every file is built here: torch.save pickles written opcode by opcode (torch.load checks that
-the writer matches torch's format), zip archives, and HDF5 files with h5py.
+the writer matches torch's format), zip archives (by hand where an entry must lie about its
+size), compression bombs built by repetition, HDF5 files with h5py, and safetensors headers.
 """
 
 import bz2

@@ -40,7 +40,7 @@ IGNORED_SUFFIXES = (".num_batches_tracked",)  # BN bookkeeping with no effect on
 # The head's size comes from the file; bounded so that no file asks for more than the
 # architecture at its 224 px input (a 7x7 fc6 window) with this many classes (ImageNet-21k's).
 MAX_CLASSES = 21843
-# safetensors parses its JSON header whole (18 MB of empty entries took 558 MB and 17 s); timm's
+# safetensors parses its JSON header whole (18 MB of empty entries took 547 MB); timm's
 # VGG19-BN header takes about 12 kB.
 MAX_SAFETENSORS_HEADER = 2**20
 SAFETENSORS_DTYPES = {"F16": np.float16, "BF16": ml_dtypes.bfloat16, "F32": np.float32, "F64": np.float64,
