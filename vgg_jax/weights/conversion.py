@@ -40,6 +40,9 @@ IGNORED_SUFFIXES = (".num_batches_tracked",)  # BN bookkeeping with no effect on
 # The head's size comes from the file; bounded so that no file asks for more than the
 # architecture at its 224 px input (a 7x7 fc6 window) with this many classes (ImageNet-21k's).
 MAX_CLASSES = 21843
+# safetensors parses its JSON header whole (18 MB of empty entries took 547 MB); timm's
+# VGG19-BN header takes about 12 kB.
+MAX_SAFETENSORS_HEADER = 2**20
 SAFETENSORS_DTYPES = {"F16": np.float16, "BF16": ml_dtypes.bfloat16, "F32": np.float32, "F64": np.float64,
                       "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
                       "BOOL": np.bool_}
@@ -132,10 +135,10 @@ def head_fields(params: dict, model: vgg_jax.VGG) -> dict:
     if not any(layer in params for layer in HEAD_LAYERS):
         return {"include_top": False}
     fields: dict[str, Any] = {"include_top": True}
-    if "fc6" in params:
+    if "kernel" in params.get("fc6", {}):  # a file may hold a bias without its kernel: reported as missing
         window = math.isqrt(params["fc6"]["kernel"].shape[0] // model.scaled(BLOCK_WIDTHS[-1]))
         fields["image_size"] = max(window, 1) * DOWNSAMPLING
-    if "fc8" in params:
+    if "kernel" in params.get("fc8", {}):
         fields["num_classes"] = params["fc8"]["kernel"].shape[-1]
     return fields
 
@@ -159,11 +162,16 @@ def head_bounds(fields: dict, model: vgg_jax.VGG, keys: KeyMap) -> list[str]:
 
 
 def read_float32(path: str, key: str, tensor: FileTensor) -> np.ndarray:
-    """The tensor's values as float32 (floats only: see FLOAT_DTYPES), read now."""
+    """The tensor's values as float32 (floats only: see FLOAT_DTYPES), read now; NaN and
+    infinities are refused (a trained network has none, and they would spread silently)."""
     if not is_float(tensor.dtype):
         raise WeightsError(f"{path}: {key}: {not_float(tensor)}")
-    with file_errors(path, key):
-        return tensor.read().astype(np.float32)
+    with file_errors(path, key), np.errstate(over="ignore"):  # float64 past float32's range: inf, refused
+        values = tensor.read().astype(np.float32)
+    if not np.isfinite(values.sum(dtype=np.float64)):  # one pass, no mask: float64 cannot overflow here
+        raise WeightsError(f"{path}: {key}: {np.count_nonzero(~np.isfinite(values))} of its {values.size} "
+                           "values are NaN or infinite (as float32); a trained network has none")
+    return values
 
 
 def not_float(tensor: FileTensor) -> str:
@@ -211,7 +219,13 @@ def convert(tensors: dict[str, FileTensor], keys: KeyMap, model: vgg_jax.VGG, pa
 
 @contextlib.contextmanager
 def safetensors_tensors(path: str) -> Iterator[dict[str, FileTensor]]:
-    """A .safetensors file (timm), described from its JSON header; the tensors are read while open."""
+    """A .safetensors file (timm), described from its JSON header, once the header (its first 8
+    bytes give its length) is known to be small; the tensors are read while open."""
+    with open(path, "rb") as file:
+        header_bytes = int.from_bytes(file.read(8), "little")
+    if MAX_SAFETENSORS_HEADER < header_bytes < os.path.getsize(path):  # past the end: damage, safetensors says
+        raise WeightsError(f"{path}: refusing the safetensors header: {header_bytes} bytes, "
+                           f"more than {MAX_SAFETENSORS_HEADER}")
     with safe_open(path, framework="np") as file:
         tensors = {}
         for key in file.keys():

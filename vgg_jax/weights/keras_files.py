@@ -3,11 +3,14 @@
 
 HDF5 can make a dataset's values come from elsewhere: soft and external links and virtual
 datasets name other objects or files, external storage reads raw files (/etc/passwd as a bias),
-and a dataset declared but never written reads as its fill value, any size from nothing. So
-every object is reached through hard links only, and a dataset is described (`FileTensor`) only
-if its layout is compact, contiguous or chunked inside the file, fully written, and its dtype
-numeric, and its chunks (which are decompressed whole) no larger than needed; its values are
-read when asked.
+and a dataset declared but never written reads as its fill value, any size from nothing. Its
+filters inflate a chunk without a bound (a 64-float bias took 1.8 GB), and an unknown filter id
+makes HDF5 load whatever library its plugin directory holds. So every object is reached through
+hard links only, once (names, layers and weights per layer bounded near VGG's counts), and a
+dataset is described (`FileTensor`) only if its layout is compact, contiguous or chunked inside
+the file, unfiltered as Keras writes it, fully written, and its dtype numeric, and its chunks no
+larger than needed; its values are read when asked. Filters are checked from the dataset's
+creation properties, which HDF5 reads without looking for one.
 """
 
 from __future__ import annotations
@@ -23,6 +26,11 @@ from vgg_jax.weights.errors import WeightsError
 from vgg_jax.weights.file_tensors import FileTensor, untrusted
 
 MAX_NAMES_BYTES = 2**20  # the `layer_names` / `weight_names` attributes: VGG19 needs about 1 kB
+MAX_LAYERS = 64  # keras.applications' VGG19 names 26 layers (pools, flatten and input included)
+MAX_WEIGHTS = 4  # per layer: a Conv2D or Dense has 2, a BatchNormalization 4
+FILTER_NAMES = {h5py.h5z.FILTER_DEFLATE: "gzip", h5py.h5z.FILTER_SHUFFLE: "shuffle",
+                h5py.h5z.FILTER_FLETCHER32: "fletcher32", h5py.h5z.FILTER_SZIP: "szip",
+                h5py.h5z.FILTER_NBIT: "nbit", h5py.h5z.FILTER_SCALEOFFSET: "scaleoffset"}
 MAX_CHUNK = 2**20  # elements; a chunk may exceed its dataset (h5py rounds up), not by gigabytes
 NUMERIC_KINDS = "fiubc"  # compound, string, vlen, reference and opaque dtypes are refused
 
@@ -47,32 +55,47 @@ def keras_tensors(file: h5py.File) -> dict[str, FileTensor]:
         layers = keras3_layers(child(group, "layers"))
     else:
         raise WeightsError("an HDF5 file but not a Keras weight file")
-    tensors = {}
+    tensors, keys = {}, {}  # keys: each object's key, to refuse one reached twice
     for name, datasets in layers.items():
         labels = ("kernel", "bias") if len(datasets) == 2 else [str(i) for i in range(len(datasets))]
-        tensors.update({f"{name}/{label}": dataset_tensor(dataset) for label, dataset in zip(labels, datasets)})
+        for label, dataset in zip(labels, datasets):
+            key = f"{name}/{label}"
+            if dataset.id in keys:
+                raise WeightsError(f"{untrusted(key)} is {untrusted(keys[dataset.id])} under another name "
+                                   "(a hard link); Keras writes each weight once")
+            keys[dataset.id] = key
+            tensors[key] = dataset_tensor(dataset)
     return tensors
 
 
 def legacy_keras_layers(group: h5py.Group) -> dict[str, list[h5py.Dataset]]:
     """keras.applications' downloads (Keras 2): `layer_names`, each layer's `weight_names` in order."""
     layers = {}
-    for name in names_attribute(group, "layer_names"):
+    for name in names_attribute(group, "layer_names", MAX_LAYERS):
         layer = child(group, name)
-        layers[name] = [child(layer, weight) for weight in names_attribute(layer, "weight_names")]
+        layers[name] = [child(layer, weight) for weight in names_attribute(layer, "weight_names", MAX_WEIGHTS)]
     return layers
 
 
 def keras3_layers(group: h5py.Group) -> dict[str, list[h5py.Dataset]]:
     """Keras 3's `.weights.h5`: `layers/<class name>/vars/<i>`, the layer's name in an attribute."""
     layers = {}
+    bounded(len(group), MAX_LAYERS, f"{untrusted(group.name)} holds")
     for key in group.keys():  # link names only: nothing is opened yet
         layer = child(group, key)
         if has_link(layer, "vars"):
             variables = child(layer, "vars")
             name = variables.attrs["name"] if "name" in variables.attrs else key
-            layers[as_str(name)] = [child(variables, str(i)) for i in range(len(variables))]
+            count = bounded(len(variables), MAX_WEIGHTS, f"{untrusted(variables.name)} holds")
+            layers[as_str(name)] = [child(variables, str(i)) for i in range(count)]
     return layers
+
+
+def bounded(count: int, limit: int, what: str) -> int:
+    """`count`, if at most `limit`; `what` names the counted (e.g. "'/layers' holds")."""
+    if count > limit:
+        raise WeightsError(f"{what} {count} names, more than {limit}")
+    return count
 
 
 def has_link(group, name: str) -> bool:
@@ -96,9 +119,11 @@ def child(group, path: str):
     return node
 
 
-def names_attribute(group: h5py.Group, attribute: str) -> list[str]:
+def names_attribute(group: h5py.Group, attribute: str, limit: int) -> list[str]:
+    """The names the attribute lists, at most `limit`, counted and sized before they are read."""
     header = group.attrs.get_id(attribute)
-    size = math.prod(header.shape or ()) * header.dtype.itemsize
+    count = bounded(math.prod(header.shape or ()), limit, f"the {attribute} of {untrusted(group.name)} list")
+    size = count * header.dtype.itemsize
     if size > MAX_NAMES_BYTES:
         raise WeightsError(f"the {attribute} of {untrusted(group.name)} takes {size} bytes, "
                            f"more than {MAX_NAMES_BYTES}")
@@ -134,6 +159,11 @@ def dataset_tensor(dataset) -> FileTensor:
     if layout == h5py.h5d.CHUNKED and math.prod(dataset.chunks) > max(dataset.size, MAX_CHUNK):
         raise WeightsError(f"{where} has chunks of {dataset.chunks} for a {dataset.shape} dataset: reading "
                            "it would decompress a whole chunk")
+    filters = [plist.get_filter(index)[0] for index in range(plist.get_nfilters())]
+    if filters:
+        names = ", ".join(FILTER_NAMES.get(code, f"unknown filter {code}") for code in filters)
+        raise WeightsError(f"{where} is stored through HDF5 filters ({names}); Keras writes weights unfiltered "
+                           "(HDF5 inflates a chunk without a bound, and looks for a plugin for an unknown filter)")
     if not written_in_full(dataset, layout):
         raise WeightsError(f"{where} is declared {dataset.shape} but not all written: its values would "
                            "be fill values made from nothing")

@@ -9,8 +9,9 @@ hash; a byte of EMPTY_SET builds 200 bytes. So this pass refuses, before anythin
 pickle longer than MAX_PICKLE_BYTES or building more than MAX_VALUES values (MAX_CONTAINERS
 containers and objects), memo indices that skip ahead, values nested deeper than MAX_DEPTH
 (containers may not be filled once they sit inside another, so depths cannot be grown behind
-the check's back), dict keys and set items other than strings and ints, and opcodes a
-torch.save state dict never uses.
+the check's back), dict keys and set items other than strings and ints, ints longer than
+MAX_INT_BITS (Python cannot even print one of 3.8 MB), and opcodes a torch.save state dict
+never uses.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ MAX_DEPTH = 32  # a torch.save checkpoint nests about 6 deep (checkpoint, optimi
 # would allow 70 times the pickle's size.
 MAX_VALUES = 2**20
 MAX_CONTAINERS = 2**16  # a VGG state dict builds 5 per tensor
+MAX_INT_BITS = 256  # tensor records hold int64s; a training checkpoint may hold 128-bit RNG states
 HASHABLE_KINDS = ("str", "int")  # hashing these costs their length, nothing more
 
 SCALARS = {  # opcode -> kind of the value it pushes
@@ -114,6 +116,8 @@ class PickleWalk:
         if name in IGNORED:
             return
         if name in SCALARS:
+            if SCALARS[name] == "int" and int(arg).bit_length() > MAX_INT_BITS:
+                raise ValueError(f"an int of {int(arg).bit_length()} bits, more than {MAX_INT_BITS}")
             self.push(Value(SCALARS[name]))
         elif name in EMPTY_CONTAINERS:
             self.push(Value("container"))

@@ -5,8 +5,9 @@ parameters, ordered dicts and storage types, and hands the pickle stand-ins that
 (pickle's BUILD is refused). Every pickle is first bounded by `pickle_check` (size, memo, depth,
 dict keys). A tensor is then only described (`FileTensor`): its storage type names its dtype,
 its strides must be dense (no zeros, overlaps or gaps) and its bytes must lie inside its storage
-and the file; they are read when asked, and only they (a zip entry is never decompressed
-further than that; the zip's central directory is bounded before zipfile reads it). Both
+and the file; they are read when asked, and only they. A zip's central directory is bounded
+before zipfile reads it, and its entries must be stored as torch.save writes them, not
+compressed (zipfile inflates bzip2 and lzma without a limit). Both
 torch.save formats are read: the zip archive (torch >= 1.6) and the legacy pickle sequence that
 torchvision's VGG downloads use.
 """
@@ -200,8 +201,8 @@ def file_tensor(key: str, ref: TensorRef, storage: Storage | None, little_endian
 
 
 def zip_storages(archive: zipfile.ZipFile, prefix: str, refs: dict[str, StorageRef]) -> dict[str, Storage]:
-    """Each storage's zip entry, which must hold exactly the bytes the pickle declares (so a
-    small storage cannot stand for a huge compressed entry)."""
+    """Each storage's zip entry, which must hold exactly the bytes the pickle declares (as
+    torch.save writes it)."""
     storages, names = {}, set(archive.namelist())
     for key, ref in refs.items():
         if f"{prefix}data/{key}" not in names:
@@ -232,8 +233,22 @@ def open_zip(path: str) -> zipfile.ZipFile:
     return zipfile.ZipFile(path)
 
 
+def refuse_compressed(archive: zipfile.ZipFile) -> None:
+    """torch.save stores every entry as is. zipfile inflates a bzip2 or lzma entry whole and only
+    then cuts it to its declared size, so the CRC still passes (a 3 kB `byteorder` entry took
+    6.6 GB): no compressed or encrypted entry is opened, whatever it holds."""
+    for info in archive.infolist():
+        if info.flag_bits & 0x1:
+            raise WeightsError(f"refusing the zip: its entry {untrusted(info.filename)} is encrypted")
+        if info.compress_type != zipfile.ZIP_STORED:
+            method = zipfile.compressor_names.get(info.compress_type, f"method {info.compress_type}")
+            raise WeightsError(f"refusing the zip: its entry {untrusted(info.filename)} is compressed ({method}); "
+                               "torch.save stores every entry as is")
+
+
 def zip_contents(archive: zipfile.ZipFile) -> tuple[Any, dict[str, Storage], bool]:
     """torch.save's zip: <prefix>/data.pkl with storages in <prefix>/data/<key>."""
+    refuse_compressed(archive)
     pickles = [info for info in archive.infolist() if info.filename.endswith("/data.pkl")]
     if not pickles:
         raise WeightsError("a zip file but not a torch.save archive (no data.pkl)")
