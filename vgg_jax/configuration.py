@@ -92,6 +92,9 @@ def data_problems(data) -> list[str]:
             input_pipeline.check_config(data)
         except ValueError as error:
             problems.append(str(error))
+    problems += positive("data.max_pixels", data.max_pixels, integer=True)
+    if isinstance(data.workers, bool) or not isinstance(data.workers, int) or data.workers < 0:
+        problems.append(f"data.workers={data.workers!r} must be a count >= 0 (0: threads in this process)")
     if not 0 < data.val_fraction < 1:
         problems.append(f"data.val_fraction={data.val_fraction!r} must be in (0, 1)")
     if data.color_shift_std < 0:
@@ -104,28 +107,27 @@ def data_problems(data) -> list[str]:
 
 def source_problems(source: str) -> list[str]:
     if not isinstance(source, str) or not source:
-        return [f"data.source={source!r} must be 'synthetic[:CLASSES]', 'digits', a tfds name or 'folder:PATH'"]
+        return [f"data.source={source!r} must be 'synthetic[:CLASSES]', 'digits', 'folder:PATH', "
+                "'imagenet:PATH' or a tfds name"]
     try:
-        if synthetic.num_classes(source):
+        if source == "digits" or synthetic.num_classes(source):
             return []
     except ValueError as error:
         return [str(error)]
-    if source.startswith(input_pipeline.FOLDER_PREFIX):
-        root = os.path.expanduser(source[len(input_pipeline.FOLDER_PREFIX):])
-        if not os.path.isdir(root):
-            return [f"data.source={source!r}: no folder at {os.path.abspath(root)}"]
-    try:  # every other source reads its images with tf.data
+    for prefix in (input_pipeline.FOLDER_PREFIX, input_pipeline.IMAGENET_PREFIX):
+        if source.startswith(prefix):
+            root = os.path.expanduser(source[len(prefix):])
+            return [] if os.path.isdir(root) else [f"data.source={source!r}: no folder at {os.path.abspath(root)}"]
+    try:  # every other name is a tfds dataset, read with tf.data
         tf.load()
-        if source == "digits" or source.startswith(input_pipeline.FOLDER_PREFIX):
-            return []
         tfds.load()
     except MissingTensorFlow as error:
         return [f"data.source={source!r}: {error}"]
     try:
         tfds.builder_cls(source.split("/")[0].split(":")[0])
     except Exception:  # tfds raises DatasetNotFoundError and friends
-        return [f"data.source={source!r} is neither 'digits', 'folder:PATH' nor a tensorflow-datasets name "
-                "(nor 'synthetic[:CLASSES]')"]
+        return [f"data.source={source!r} is neither 'digits', 'folder:PATH', 'imagenet:PATH' nor a "
+                "tensorflow-datasets name (nor 'synthetic[:CLASSES]')"]
     return []
 
 
