@@ -75,20 +75,26 @@ class TrainExamples:
     seed: int
     data_config: object
 
-    def __call__(self, position: int) -> dict:
+    def read(self, position: int) -> tuple[int, np.ndarray | None, np.ndarray]:
+        """(index, pixels, failed) of the first readable example of the order from `position`
+        on (index -1 and pixels None if TRAIN_ATTEMPTS in a row fail), and the indices that failed."""
         failed = np.full(TRAIN_ATTEMPTS, -1, np.int64)
-        rng = np.random.default_rng([self.seed, self.layout.global_position(position)])
         for attempt in range(TRAIN_ATTEMPTS):
             index = self.order(position + attempt)
             try:
-                image = self.source[index]
+                return index, self.source[index], failed
             except UnreadableImage:
                 failed[attempt] = index
-                continue
-            return {"image": transforms.train_crop(image, rng, self.data_config),
-                    "label": self.source.labels[index], "failed": failed}
-        size = self.data_config.crop_size  # every attempt failed: the consumer raises
-        return {"image": np.zeros((size, size, 3), np.uint8), "label": np.int32(0), "failed": failed}
+        return -1, None, failed
+
+    def __call__(self, position: int) -> dict:
+        index, image, failed = self.read(position)
+        if image is None:  # the consumer raises, naming the files
+            size = self.data_config.crop_size
+            return {"image": np.zeros((size, size, 3), np.uint8), "label": np.int32(0), "failed": failed}
+        rng = np.random.default_rng([self.seed, self.layout.global_position(position)])
+        return {"image": transforms.train_crop(image, rng, self.data_config), "label": self.source.labels[index],
+                "failed": failed}
 
 
 @dataclasses.dataclass(frozen=True)
