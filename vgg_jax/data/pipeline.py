@@ -22,6 +22,7 @@ from typing import Callable, Iterator
 
 import grain
 import numpy as np
+from absl import flags
 
 from vgg_jax import synthetic
 from vgg_jax.data import transforms
@@ -162,6 +163,8 @@ def elements(examples: grain.MapDataset, workers: int, buffer: int) -> grain.Ite
     threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
     stream = examples.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=buffer))
     if workers:
+        if not flags.FLAGS.is_parsed():  # Grain's workers read its absl flags; outside an absl app: defaults
+            flags.FLAGS.mark_as_parsed()
         stream = stream.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
     return stream
 
