@@ -109,10 +109,12 @@ def test_a_file_too_large_for_the_pixel_limit_is_not_read(tmp_path):
 
 
 def write_folder(root, damaged=()):
-    for c, name in enumerate(["a", "b"]):
+    """Two classes of six noise JPEGs (every crop differs), plus `damaged` (name, bytes) in class a."""
+    rng = np.random.default_rng(0)
+    for name in ["a", "b"]:
         (root / name).mkdir()
         for i in range(6):
-            pixels = np.full((30 + i, 40, 3), 40 * c + 5 * i, np.uint8)
+            pixels = rng.integers(0, 256, (30 + i, 40, 3), dtype=np.uint8)
             (root / name / f"{i}.jpg").write_bytes(simplejpeg.encode_jpeg(pixels))
     for name, data in damaged:
         (root / "a" / name).write_bytes(data)

@@ -302,7 +302,7 @@ def test_folder_dataset_skips_and_counts_bad_files_and_reads_every_format(folder
 
 def test_unreadable_files_are_replaced_in_the_stream_and_restarts_stay_exact(folder):
     """Catches an unreadable file dropped (positions shift, restarts diverge), repeated in place
-    of a stand-in, or replaced by a file outside the epoch's order."""
+    of a stand-in, replaced by a file outside the epoch's order, or one order for every epoch."""
     config = data_config(source=f"folder:{folder}", val_fraction=0.0)
     split = ip._load_split(config, "train")
     bad = {str(folder / "cat" / "truncated.jpg"), str(folder / "dog" / "notes.txt")}
@@ -321,6 +321,7 @@ def test_unreadable_files_are_replaced_in_the_stream_and_restarts_stay_exact(fol
         assert not readable - seen and seen.total() == readable.total() + 2
     failed = {split.path(i) for _, indices in epochs for i in indices if i >= 0}
     assert failed == bad
+    assert epochs[:n] != epochs[n:2 * n] != epochs[2 * n:]  # each epoch shuffled anew
     for start in [1, n - 1, n + 5]:
         assert stream(start, 10) == epochs[start:start + 10]
 
