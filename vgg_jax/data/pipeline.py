@@ -50,6 +50,7 @@ class Layout:
         return np.arange(self.process_index, num_examples, self.process_count)
 
 
+@functools.lru_cache(maxsize=64)  # a SeedSequence per example would cost ~15 us of held GIL
 def epoch_seed(seed: int, epoch: int) -> int:
     """A 32-bit permutation key for epoch `epoch` of a run seeded `seed`."""
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
