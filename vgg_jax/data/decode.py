@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
 
 import numpy as np
 import simplejpeg
@@ -69,11 +68,11 @@ def _jpeg(data: bytes, max_pixels: int) -> np.ndarray | None:
 
 def _pillow(data: bytes, max_pixels: int) -> np.ndarray:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Pillow's own decompression-bomb warning: ours comes first
-            with Image.open(io.BytesIO(data)) as image:  # lazy: reads the header only
-                _check_size(image.height, image.width, max_pixels)
-                return np.asarray(image.convert("RGB"))
+        with Image.open(io.BytesIO(data)) as image:  # lazy: reads the header only
+            _check_size(image.height, image.width, max_pixels)
+            if image.mode == "P" and "transparency" in image.info:  # else Pillow warns on each one
+                image = image.convert("RGBA")
+            return np.asarray(image.convert("RGB"))
     except UnreadableImage:
         raise
     except Exception as error:  # Pillow raises OSError, SyntaxError, ValueError, ... on damage

@@ -159,9 +159,14 @@ def reader(source, data_config, scale: int | None = None) -> Callable[[int], tup
     return functools.partial(_centre_crop, source, data_config)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def elements(examples: grain.MapDataset, workers: int, buffer: int) -> grain.IterDataset:
     """The examples in order, read `buffer` ahead by threads, in `workers` processes if > 0."""
-    threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
+    threads = max(1, usable_cores() // max(workers, 1))
     stream = examples.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=buffer))
     if workers:
         if not flags.FLAGS.is_parsed():  # Grain's workers read its absl flags; outside an absl app: defaults
