@@ -258,16 +258,19 @@ def test_each_bad_config_value_is_named(section, field, value, expected):
 def test_a_renamed_field_is_refused_by_its_old_name_and_old_run_files_read_under_the_new(tmp_path):
     """Catches a renamed config field (data.shuffle_buffer -> data.shuffle_window) that an old
     config file still sets being silently ignored (the run would use the default window), and an
-    earlier run's config.json that eval.py could no longer read."""
+    earlier run's config.json that eval.py could no longer read (a renamed field, or one added
+    since: data.max_pixels, data.workers)."""
     config = quick_config()
     config.data.shuffle_buffer = 64
     with pytest.raises(configuration.ConfigError, match=r"data.shuffle_buffer was renamed data.shuffle_window"):
         configuration.validate(config, device_count=4)
     old = json.loads(quick_config().to_json_best_effort())
     old["data"]["shuffle_buffer"] = old["data"].pop("shuffle_window") + 1
+    del old["data"]["max_pixels"], old["data"]["workers"]
     (tmp_path / "config.json").write_text(json.dumps(old))
     data = run_files.read_run_config(str(tmp_path))["data"]
     assert data["shuffle_window"] == old["data"]["shuffle_buffer"] and "shuffle_buffer" not in data
+    assert (data["max_pixels"], data["workers"]) == (40_000_000, 0)
 
 
 def test_the_shipped_configs_are_valid(tmp_path):

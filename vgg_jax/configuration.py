@@ -14,6 +14,7 @@ import ml_collections
 
 import vgg_jax
 from vgg_jax import input_pipeline, synthetic
+from vgg_jax.data.decode import DEFAULT_MAX_PIXELS
 from vgg_jax.lazy_tensorflow import MissingTensorFlow, tf, tfds
 
 SCHEDULES = ("plateau", "step", "cosine")
@@ -32,6 +33,11 @@ RENAMED = {"data.shuffle_buffer": ("data.shuffle_window", "records of tfds shard
                                    "permute every epoch whole")}
 
 
+# Fields added since a release, with the value that reproduces what earlier runs did: filled into
+# config.json files that predate them (eval.py reads a run's data config from there).
+ADDED = {"data.max_pixels": DEFAULT_MAX_PIXELS, "data.workers": 0}
+
+
 def renamed_problems(config: ml_collections.ConfigDict) -> list[str]:
     problems = []
     for old, (new, meaning) in RENAMED.items():
@@ -42,13 +48,18 @@ def renamed_problems(config: ml_collections.ConfigDict) -> list[str]:
 
 
 def upgraded(run_config: dict) -> dict:
-    """A config.json of an earlier run with the renamed fields under their new names."""
+    """A config.json of an earlier run with the renamed fields under their new names and the
+    added ones at their defaults."""
     run_config = {section: dict(values) if isinstance(values, dict) else values
                   for section, values in run_config.items()}
     for old, (new, _) in RENAMED.items():
         (old_section, old_name), (new_section, new_name) = old.split("."), new.split(".")
         if old_name in run_config.get(old_section, {}):
             run_config[new_section][new_name] = run_config[old_section].pop(old_name)
+    for field, value in ADDED.items():
+        section, name = field.split(".")
+        if isinstance(run_config.get(section), dict):
+            run_config[section].setdefault(name, value)
     return run_config
 
 
