@@ -1,4 +1,4 @@
-"""TensorFlow and tensorflow-datasets, imported when a tf.data source first uses them.
+"""TensorFlow and tensorflow-datasets, imported when a tfds source first uses them.
 
 They are the optional `tfds` extra: only tensorflow-datasets sources (`vgg_jax.data.tfds`) and
 the tf.image ops of `preprocessing` use them. TensorFlow takes seconds to import, prints C++ log
@@ -14,7 +14,7 @@ import os
 
 
 class MissingTensorFlow(ValueError):
-    """A tf.data source was asked for where TensorFlow or tensorflow-datasets is not installed."""
+    """A tfds source was asked for where TensorFlow or tensorflow-datasets is not installed."""
 
 
 class LazyModule:
