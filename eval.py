@@ -30,7 +30,7 @@ flags.DEFINE_string("workdir", None, "a training workdir to evaluate (and write 
 flags.DEFINE_multi_string("checkpoint", [], "a workdir, model directory, weight file (with --arch), "
                           "pretrained:NAME or NAME; repeat for an ensemble")
 flags.DEFINE_string("arch", None, "the architecture of --checkpoint weight files (.pth, .safetensors, .h5)")
-flags.DEFINE_string("dataset", None, "data source: a tfds name ('imagenet2012'), 'digits', 'synthetic' or 'folder:PATH'")
+flags.DEFINE_string("dataset", None, "data source: 'imagenet:PATH', 'folder:PATH', 'digits', 'synthetic' or a tfds name ('imagenet2012')")
 flags.DEFINE_string("data_dir", None, "tfds data_dir")
 flags.DEFINE_string("split", None, "the split to evaluate (default: the config's eval_split; "
                     "'validation' with --dataset and no training config)")

@@ -37,7 +37,8 @@ PEAK_TFLOPS = 989.0  # H200 dense bfloat16 (the float32 rows are read against it
 CPU_PROJECTION = {("bfloat16", False): 1540, ("bfloat16", True): 2394, ("float32", False): 1440, ("float32", True): 2157}
 # Test files that import no TensorFlow and use no tf.data source.
 TF_FREE_TESTS = ("test_models.py", "test_train_step.py", "test_remat.py", "test_winograd.py", "test_features.py",
-                 "test_nnx.py", "test_weights.py", "test_download.py", "test_lpips.py", "test_without_tensorflow.py")
+                 "test_nnx.py", "test_weights.py", "test_download.py", "test_lpips.py", "test_without_tensorflow.py",
+                 "test_data.py")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,14 +6,14 @@
 #   benchmarks/device_check.sh                 on the accelerator machine, from the working tree
 #   benchmarks/device_check.sh --cpu-dry-run   the same sequence at toy size on the CPU, TensorFlow blocked
 # Needs no install and no network: the working tree's vgg_jax, plus the small wheels the image may
-# lack (ml_collections), carried in wheelhouse/ (built by benchmarks/wheelhouse.sh where pip works).
+# lack (ml_collections, grain, simplejpeg, ...), carried in wheelhouse/ (built by benchmarks/wheelhouse.sh where pip works).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PYTHON=${PYTHON:-python3}
 
-if ! "$PYTHON" -c "import ml_collections" 2>/dev/null; then
-  [[ -d wheelhouse ]] || { echo "error: ml_collections is missing and there is no wheelhouse/: run benchmarks/wheelhouse.sh where pip works" >&2; exit 1; }
+if ! "$PYTHON" -c "import ml_collections, grain, simplejpeg" 2>/dev/null; then
+  [[ -d wheelhouse ]] || { echo "error: ml_collections, grain or simplejpeg is missing and there is no wheelhouse/: run benchmarks/wheelhouse.sh where pip works" >&2; exit 1; }
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/vgg_jax_wheels wheelhouse/*.whl
   export PYTHONPATH="$PYTHONPATH:/tmp/vgg_jax_wheels"
 fi

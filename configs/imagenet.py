@@ -26,7 +26,9 @@ def get_imagenet_config(arch: str, argument: str) -> ml_collections.ConfigDict:
 
     config.model.update(arch=arch, width=1.0, image_size=224, dropout_rate=0.5, init_scheme="paper")
     config.data.update(
-        source="imagenet2012", train_split="train", eval_split="validation", crop_size=224,
+        # ILSVRC-2012 as downloaded (train/ class folders, val/ with its ground truth: README, Data);
+        # --config.data.source=imagenet2012 reads tfds's prepared TFRecords instead (the tfds extra).
+        source="imagenet:~/imagenet", train_split="train", eval_split="validation", crop_size=224,
         scale_min=scale_min, scale_max=scale_max, eval_scale=(scale_min + scale_max) // 2,
         color_shift_std=0.1, mean_rgb=(123.68, 116.779, 103.939), std_rgb=(1.0, 1.0, 1.0),
         shuffle_window=16_384)

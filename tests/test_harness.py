@@ -246,7 +246,7 @@ def test_a_read_only_workdir_stops_with_an_os_error_naming_the_file(read_only_vi
     ("model", "dropout_rate", 1.0, "model.dropout_rate=1.0 must be in [0, 1)"),
     ("model", "image_size", 48, "model.image_size=48 must be a multiple of 32"),
     ("data", "source", "folder:/no/such/folder", "no folder at /no/such/folder"),
-    ("data", "source", "no_such_dataset", "is neither 'digits', 'folder:PATH' nor a tensorflow-datasets name"),
+    ("data", "source", "no_such_dataset", "is neither 'digits', 'folder:PATH', 'imagenet:PATH' nor a"),
     ("data", "scale_min", 16, "data.crop_size (32) exceeds data.scale_min (16)"),
 ])
 def test_each_bad_config_value_is_named(section, field, value, expected):
@@ -262,22 +262,28 @@ def test_each_bad_config_value_is_named(section, field, value, expected):
 def test_a_renamed_field_is_refused_by_its_old_name_and_old_run_files_read_under_the_new(tmp_path):
     """Catches a renamed config field (data.shuffle_buffer -> data.shuffle_window) that an old
     config file still sets being silently ignored (the run would use the default window), and an
-    earlier run's config.json that eval.py could no longer read."""
+    earlier run's config.json that eval.py could no longer read (a renamed field, or one added
+    since: data.max_pixels, data.workers)."""
     config = quick_config()
     config.data.shuffle_buffer = 64
     with pytest.raises(configuration.ConfigError, match=r"data.shuffle_buffer was renamed data.shuffle_window"):
         configuration.validate(config, device_count=4)
     old = json.loads(quick_config().to_json_best_effort())
     old["data"]["shuffle_buffer"] = old["data"].pop("shuffle_window") + 1
+    del old["data"]["max_pixels"], old["data"]["workers"]
     (tmp_path / "config.json").write_text(json.dumps(old))
     data = run_files.read_run_config(str(tmp_path))["data"]
     assert data["shuffle_window"] == old["data"]["shuffle_buffer"] and "shuffle_buffer" not in data
+    assert (data["max_pixels"], data["workers"]) == (40_000_000, 0)
 
 
-def test_the_shipped_configs_are_valid():
+def test_the_shipped_configs_are_valid(tmp_path):
     from configs import cats_vs_dogs, vgg16, vgg19_bn
-    for config in (default.get_config(), vgg16.get_config("256-512"), vgg19_bn.get_config("384"),
-                   cats_vs_dogs.get_config("finetune")):
+    imagenet = [vgg16.get_config("256-512"), vgg19_bn.get_config("384")]
+    for config in imagenet:  # their source is a path (imagenet:~/imagenet): one that exists here
+        assert config.data.source.startswith("imagenet:")
+        config.data.source = f"imagenet:{tmp_path}"
+    for config in (default.get_config(), *imagenet, cats_vs_dogs.get_config("finetune")):
         configuration.validate(config, device_count=8)
 
 

@@ -5,7 +5,6 @@ from collections import Counter
 
 import numpy as np
 import pytest
-import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 from sklearn.datasets import load_digits
@@ -14,7 +13,7 @@ from benchmarks import datasets
 from configs.default import get_config
 from vgg_jax import digits
 from vgg_jax import input_pipeline as ip
-from vgg_jax import preprocessing as pp
+from vgg_jax.data import pipeline
 
 
 def data_config(**overrides):
@@ -201,9 +200,8 @@ def tfds_config(data_dir, **overrides):
 def records(config, start, n, seed=0, process_index=0, process_count=1):
     """The first n encoded images of the raw train stream from position `start`."""
     split = ip._load_split(config, "train")
-    stream = split.train_stream(seed, start, process_index, process_count, config.shuffle_window,
-                                lambda position, data, label: {"data": data})
-    return [example["data"] for example in stream.take(n).as_numpy_iterator()]
+    stream = split.train_records(seed, start, process_index, process_count, config.shuffle_window)
+    return list(stream.map(lambda record: split.parse(record)[0]).take(n).as_numpy_iterator())
 
 
 def test_tfds_sizes_come_from_metadata_and_batches_restart_exactly(tfds_dir):
@@ -226,7 +224,7 @@ def test_tfds_sizes_come_from_metadata_and_batches_restart_exactly(tfds_dir):
 def test_tfds_order_is_a_seekable_shuffle_of_whole_epochs(tfds_dir, window):
     config = tfds_config(tfds_dir, shuffle_window=window)
     split = ip._load_split(config, "train")
-    in_order = [e["image"] for e in split.eval_stream(0, 1, lambda data, label: {"image": data}).as_numpy_iterator()]
+    in_order = list(split.records(0, 1).map(lambda record: split.parse(record)[0]).as_numpy_iterator())
     stream = records(config, 0, 3 * 150)
     epochs = [stream[i * 150:(i + 1) * 150] for i in range(3)]
     for epoch in epochs:
@@ -303,24 +301,27 @@ def test_folder_dataset_skips_and_counts_bad_files_and_reads_every_format(folder
 
 
 def test_unreadable_files_are_replaced_in_the_stream_and_restarts_stay_exact(folder):
+    """Catches an unreadable file dropped (positions shift, restarts diverge), repeated in place
+    of a stand-in, replaced by a file outside the epoch's order, or one order for every epoch."""
     config = data_config(source=f"folder:{folder}", val_fraction=0.0)
     split = ip._load_split(config, "train")
     bad = {str(folder / "cat" / "truncated.jpg"), str(folder / "dog" / "notes.txt")}
+    layout = pipeline.Layout(0, 1, 4)
+    examples = pipeline.TrainExamples(split, pipeline.EpochOrder(layout.shard(split.num_examples), 0), layout, 0, config)
 
     def stream(start, n):
-        examples = split.train_stream(0, start, 0, 1, 0, lambda p, data, label: {
-            "data": data, "shape": tf.shape(pp.decode(data))})
-        return [(e["data"], e["mask"], tuple(e["failed"])) for e in examples.take(n).as_numpy_iterator()]
+        return [(index, tuple(failed)) for index, _, failed in map(examples.read, range(start, start + n))]
 
     n = split.num_examples  # 21 listed, 19 readable
     epochs = stream(0, 3 * n)
-    assert all(mask for _, mask, _ in epochs)  # every position holds a readable image
-    readable = Counter(open(path, "rb").read() for path in split.data if path not in bad)
+    assert all(index >= 0 for index, _ in epochs)  # every position holds a readable image
+    readable = Counter(path for path in split.items if path not in bad)
     for e in range(3):  # each epoch: every readable file, plus one stand-in per unreadable one
-        seen = Counter(data for data, _, _ in epochs[e * n:(e + 1) * n])
+        seen = Counter(split.path(index) for index, _ in epochs[e * n:(e + 1) * n])
         assert not readable - seen and seen.total() == readable.total() + 2
-    failed = {split.path(i) for _, _, indices in epochs for i in indices if i >= 0}
+    failed = {split.path(i) for _, indices in epochs for i in indices if i >= 0}
     assert failed == bad
+    assert epochs[:n] != epochs[n:2 * n] != epochs[2 * n:]  # each epoch shuffled anew
     for start in [1, n - 1, n + 5]:
         assert stream(start, 10) == epochs[start:start + 10]
 

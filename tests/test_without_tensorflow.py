@@ -16,7 +16,9 @@ from vgg_jax.tensorboard_writer import ScalarWriter
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORE = ("vgg_jax", "vgg_jax.models", "vgg_jax.checkpoints", "vgg_jax.weights", "vgg_jax.training",
         "vgg_jax.evaluation", "vgg_jax.features", "vgg_jax.lpips", "vgg_jax.nnx", "vgg_jax.input_pipeline",
-        "vgg_jax.preprocessing", "vgg_jax.configuration", "vgg_jax.synthetic")
+        "vgg_jax.preprocessing", "vgg_jax.configuration", "vgg_jax.synthetic", "vgg_jax.data.decode",
+        "vgg_jax.data.transforms", "vgg_jax.data.sources", "vgg_jax.data.folders", "vgg_jax.data.imagenet",
+        "vgg_jax.data.pipeline", "vgg_jax.data.tfds")
 
 
 def run_without_tensorflow(*args, **kwargs):
@@ -33,13 +35,44 @@ def test_the_core_imports_without_tensorflow():
     assert run.returncode == 0, run.stderr[-2000:]
 
 
-def test_a_tf_data_source_without_tensorflow_is_one_error_line(tmp_path):
-    """Catches a traceback (or a silent fallback) where a source that needs tf.data is asked for
-    without TensorFlow: train.py must end with one `error:` line naming the package."""
-    run = run_without_tensorflow("train.py", "--workdir", str(tmp_path), "--config.data.source=digits")
+def test_a_tfds_source_without_tensorflow_is_one_error_line(tmp_path):
+    """Catches a traceback (or a silent fallback) where a tensorflow-datasets source is asked for
+    without TensorFlow: train.py must end with one `error:` line naming the extra."""
+    run = run_without_tensorflow("train.py", "--workdir", str(tmp_path), "--config.data.source=tf_flowers")
     lines = run.stderr.strip().splitlines()
     assert run.returncode != 0 and "Traceback" not in run.stderr, run.stderr[-2000:]
-    assert lines[-1].startswith("error: invalid config: data.source='digits'") and "tensorflow-cpu" in lines[-1], lines[-3:]
+    assert lines[-1].startswith("error: invalid config: data.source='tf_flowers'") and ".[tfds]" in lines[-1], lines[-3:]
+
+
+READ_WITHOUT_TENSORFLOW = """
+import sys
+from PIL import Image
+from configs.default import get_config
+from vgg_jax import configuration, input_pipeline as ip
+root = sys.argv[1]
+for name in ("a", "b"):
+    for split in ("train", "val"):
+        Image.new("RGB", (40, 30), (200, 30, 30)).save(f"{root}/{split}/n0000000{name}/0.JPEG")
+for source in ("digits", f"folder:{root}", f"imagenet:{root}"):
+    config = get_config().data
+    config.update(source=source, eval_split="val" if ":" in source else "test")
+    assert not configuration.data_problems(config), configuration.data_problems(config)
+    batch = next(ip.train_batches(config, global_batch_size=2, seed=0, process_index=0, process_count=1))
+    val = next(ip.eval_batches(config, global_batch_size=2, process_index=0, process_count=1))
+    assert batch["image"].shape == val["image"].shape == (2, 32, 32, 3) and val["mask"].all(), source
+print("read without tensorflow")
+"""
+
+
+def test_digits_folders_and_imagenet_folders_read_without_tensorflow(tmp_path):
+    """Catches a TensorFlow import (or a tf.data fallback) on the default data path: the digits,
+    a folder and an ImageNet layout (train/ and val/ class folders) give batches with TF blocked."""
+    for split in ("train", "val"):
+        for name in ("a", "b"):
+            (tmp_path / split / f"n0000000{name}").mkdir(parents=True)
+    code = "from benchmarks import without_tensorflow; without_tensorflow.block()\n" + READ_WITHOUT_TENSORFLOW
+    run = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0 and "read without tensorflow" in run.stdout, run.stderr[-2000:]
 
 
 def test_the_dry_run_trains_resumes_and_evaluates_without_tensorflow(tmp_path):

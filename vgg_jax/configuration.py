@@ -14,6 +14,7 @@ import ml_collections
 
 import vgg_jax
 from vgg_jax import input_pipeline, synthetic
+from vgg_jax.data.decode import DEFAULT_MAX_PIXELS
 from vgg_jax.lazy_tensorflow import MissingTensorFlow, tf, tfds
 
 SCHEDULES = ("plateau", "step", "cosine")
@@ -32,6 +33,11 @@ RENAMED = {"data.shuffle_buffer": ("data.shuffle_window", "records of tfds shard
                                    "permute every epoch whole")}
 
 
+# Fields added since a release, with the value that reproduces what earlier runs did: filled into
+# config.json files that predate them (eval.py reads a run's data config from there).
+ADDED = {"data.max_pixels": DEFAULT_MAX_PIXELS, "data.workers": 0}
+
+
 def renamed_problems(config: ml_collections.ConfigDict) -> list[str]:
     problems = []
     for old, (new, meaning) in RENAMED.items():
@@ -42,13 +48,18 @@ def renamed_problems(config: ml_collections.ConfigDict) -> list[str]:
 
 
 def upgraded(run_config: dict) -> dict:
-    """A config.json of an earlier run with the renamed fields under their new names."""
+    """A config.json of an earlier run with the renamed fields under their new names and the
+    added ones at their defaults."""
     run_config = {section: dict(values) if isinstance(values, dict) else values
                   for section, values in run_config.items()}
     for old, (new, _) in RENAMED.items():
         (old_section, old_name), (new_section, new_name) = old.split("."), new.split(".")
         if old_name in run_config.get(old_section, {}):
             run_config[new_section][new_name] = run_config[old_section].pop(old_name)
+    for field, value in ADDED.items():
+        section, name = field.split(".")
+        if isinstance(run_config.get(section), dict):
+            run_config[section].setdefault(name, value)
     return run_config
 
 
@@ -92,6 +103,9 @@ def data_problems(data) -> list[str]:
             input_pipeline.check_config(data)
         except ValueError as error:
             problems.append(str(error))
+    problems += positive("data.max_pixels", data.max_pixels, integer=True)
+    if isinstance(data.workers, bool) or not isinstance(data.workers, int) or data.workers < 0:
+        problems.append(f"data.workers={data.workers!r} must be a count >= 0 (0: threads in this process)")
     if not 0 < data.val_fraction < 1:
         problems.append(f"data.val_fraction={data.val_fraction!r} must be in (0, 1)")
     if data.color_shift_std < 0:
@@ -104,28 +118,27 @@ def data_problems(data) -> list[str]:
 
 def source_problems(source: str) -> list[str]:
     if not isinstance(source, str) or not source:
-        return [f"data.source={source!r} must be 'synthetic[:CLASSES]', 'digits', a tfds name or 'folder:PATH'"]
+        return [f"data.source={source!r} must be 'synthetic[:CLASSES]', 'digits', 'folder:PATH', "
+                "'imagenet:PATH' or a tfds name"]
     try:
-        if synthetic.num_classes(source):
+        if source == "digits" or synthetic.num_classes(source):
             return []
     except ValueError as error:
         return [str(error)]
-    if source.startswith(input_pipeline.FOLDER_PREFIX):
-        root = os.path.expanduser(source[len(input_pipeline.FOLDER_PREFIX):])
-        if not os.path.isdir(root):
-            return [f"data.source={source!r}: no folder at {os.path.abspath(root)}"]
-    try:  # every other source reads its images with tf.data
+    for prefix in (input_pipeline.FOLDER_PREFIX, input_pipeline.IMAGENET_PREFIX):
+        if source.startswith(prefix):
+            root = os.path.expanduser(source[len(prefix):])
+            return [] if os.path.isdir(root) else [f"data.source={source!r}: no folder at {os.path.abspath(root)}"]
+    try:  # every other name is a tfds dataset, read with tf.data
         tf.load()
-        if source == "digits" or source.startswith(input_pipeline.FOLDER_PREFIX):
-            return []
         tfds.load()
     except MissingTensorFlow as error:
         return [f"data.source={source!r}: {error}"]
     try:
         tfds.builder_cls(source.split("/")[0].split(":")[0])
     except Exception:  # tfds raises DatasetNotFoundError and friends
-        return [f"data.source={source!r} is neither 'digits', 'folder:PATH' nor a tensorflow-datasets name "
-                "(nor 'synthetic[:CLASSES]')"]
+        return [f"data.source={source!r} is neither 'digits', 'folder:PATH', 'imagenet:PATH' nor a "
+                "tensorflow-datasets name (nor 'synthetic[:CLASSES]')"]
     return []
 
 

@@ -1,8 +1,8 @@
-"""TensorFlow and tensorflow-datasets, imported when a tf.data source first uses them.
+"""TensorFlow and tensorflow-datasets, imported when a tfds source first uses them.
 
-The model, the train and eval steps, checkpoints, weights and the synthetic source need
-neither: TensorFlow takes seconds to import, prints C++ log lines, and many JAX GPU/TPU
-environments do not have it. `input_pipeline` and `preprocessing` name `tf` and `tfds` through
+They are the optional `tfds` extra: only tensorflow-datasets sources (`vgg_jax.data.tfds`) and
+the tf.image ops of `preprocessing` use them. TensorFlow takes seconds to import, prints C++ log
+lines, and many JAX GPU/TPU environments do not have it. Those modules name `tf` and `tfds` through
 the stand-ins below, which import the real module at their first attribute access; where it is
 not installed, that access raises MissingTensorFlow, one line naming the package.
 """
@@ -14,7 +14,7 @@ import os
 
 
 class MissingTensorFlow(ValueError):
-    """A tf.data source was asked for where TensorFlow or tensorflow-datasets is not installed."""
+    """A tfds source was asked for where TensorFlow or tensorflow-datasets is not installed."""
 
 
 class LazyModule:
@@ -32,8 +32,9 @@ class LazyModule:
             module = importlib.import_module(self._name)
         except ImportError as error:
             raise MissingTensorFlow(
-                f"this data source reads images with tf.data, which needs the `{self._package}` package "
-                f"({error}); install it (pip install {self._package}) or use data.source='synthetic'") from None
+                f"tensorflow-datasets sources read images with tf.data, which needs the `{self._package}` "
+                f"package ({error}): install the extra (pip install -e \".[tfds]\" or pip install "
+                f"\"vgg_jax[tfds]\"), or use 'digits', 'synthetic', 'folder:PATH' or 'imagenet:PATH'") from None
         if self._configure is not None:
             self._configure(module)
             self._configure = None

@@ -13,6 +13,7 @@ import os
 
 import numpy as np
 
+from vgg_jax.data import decode as data_decode
 from vgg_jax.lazy_tensorflow import tf  # imported at the first op: `import vgg_jax.preprocessing` needs no TF
 from vgg_jax.normalization import Normalization
 
@@ -25,11 +26,12 @@ def decode(data: tf.Tensor) -> tf.Tensor:
 
 
 def load_image_file(path: str) -> np.ndarray:
-    """uint8 HxWx3 of an image file, decoded exactly as the input pipeline decodes it."""
+    """uint8 HxWx3 of an image file, decoded as the input pipeline decodes it (no TensorFlow:
+    `vgg_jax.data.decode`, the same pixels as `decode`); ValueError naming the file otherwise."""
     try:
-        return decode(tf.io.read_file(path)).numpy()
-    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as error:
-        raise ValueError(f"cannot read image {path}: {error.message}") from error
+        return data_decode.load(path)
+    except data_decode.UnreadableImage as error:
+        raise ValueError(f"cannot read image {error}") from None
 
 
 def scaled_size(height, width, scale) -> tf.Tensor:

@@ -11,19 +11,15 @@ real image: a train example is the picture at a random scale S in [scale_min, sc
 random crop_size window of it; evaluation takes the centre window at eval_scale, or the whole
 picture at a test scale Q. Output: uint8 HxWx3 images and int32 labels, like every source.
 
-Order: the train example at stream position p of a process is a pure function of (seed,
-process, p), so a run restarted at step k reproduces its batches; the validation split (
+Order: a train example is drawn from an RNG keyed on (seed, global position) (`vgg_jax.data.pipeline`),
+so a run restarted at step k reproduces its batches; the validation split (
 VAL_PER_CLASS examples per class, labels in turn) is a function of the example's index alone.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import functools
-import itertools
-import os
-from typing import Iterator
 
 import numpy as np
 
@@ -91,18 +87,6 @@ def render(classes: int, view: View) -> np.ndarray:
     return np.clip(np.round(image, out=image), 0, 255, out=image).astype(np.uint8)
 
 
-@functools.cache
-def _workers() -> concurrent.futures.ThreadPoolExecutor:
-    return concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1), thread_name_prefix="synthetic")
-
-
-def render_batch(classes: int, views: list[View]) -> dict:
-    """{'image': uint8 [n, size, size, 3], 'label': int32 [n]}; the examples are rendered in
-    parallel threads (numpy releases the GIL), each a pure function of its view."""
-    images = list(_workers().map(functools.partial(render, classes), views))
-    return {"image": np.stack(images), "label": np.array([view.label for view in views], np.int32)}
-
-
 @dataclasses.dataclass(frozen=True)
 class Split:
     """One split of a synthetic source: the train split, or the validation split (any other name)."""
@@ -117,42 +101,16 @@ class Split:
     def num_examples(self) -> int:
         return self.classes * (TRAIN_PER_CLASS if self.train else VAL_PER_CLASS)
 
-    def train_view(self, seed: int, process_index: int, position: int, crop: int, scale_min: int,
-                   scale_max: int) -> View:
-        """The example at a train stream position: a random class, scale S and crop window of it."""
-        rng = np.random.default_rng([seed, process_index, position])
-        label, scale = int(rng.integers(self.classes)), int(rng.integers(scale_min, scale_max + 1))
-        y, x = (int(round(offset * (scale - crop))) for offset in rng.random(2))
-        return View(label, scale, y, x, crop, noise_key=(seed, process_index, position, 1))
+    def train_example(self, rng: np.random.Generator, data_config) -> tuple[np.ndarray, int]:
+        """(uint8 crop, label): a random class, scale S and crop window of it, and its noise,
+        all drawn from `rng` (the example's: keyed on the run seed and its position)."""
+        c = data_config
+        label, scale = int(rng.integers(self.classes)), int(rng.integers(c.scale_min, c.scale_max + 1))
+        y, x = (int(round(offset * (scale - c.crop_size))) for offset in rng.random(2))
+        view = View(label, scale, y, x, c.crop_size, noise_key=tuple(int(k) for k in rng.integers(2 ** 63, size=2)))
+        return render(self.classes, view), label
 
     def eval_view(self, index: int, scale: int, crop: int) -> View:
         """Validation example `index`: class index % classes, the centre crop x crop window at `scale`."""
         offset = (scale - crop) // 2
         return View(index % self.classes, scale, offset, offset, crop, noise_key=(VAL_KEY, index))
-
-    def train_batches(self, data_config, *, local_batch: int, seed: int, start_step: int,
-                      process_index: int) -> Iterator[dict]:
-        """Endless {'image': uint8 [b, crop, crop, 3], 'label': int32 [b]}; positions from
-        start_step * b on."""
-        c = data_config
-        for step in itertools.count(start_step):
-            positions = range(step * local_batch, (step + 1) * local_batch)
-            yield render_batch(self.classes, [self.train_view(seed, process_index, p, c.crop_size, c.scale_min,
-                                                              c.scale_max) for p in positions])
-
-    def eval_batches(self, data_config, *, local_batch: int, num_batches: int, process_index: int,
-                     process_count: int) -> Iterator[dict]:
-        """This process's shard of the split, then padding (mask False) up to `num_batches`."""
-        indices = list(range(process_index, self.num_examples, process_count))
-        for b in range(num_batches):
-            chunk = indices[b * local_batch:(b + 1) * local_batch]
-            padded = chunk + [0] * (local_batch - len(chunk))
-            batch = render_batch(self.classes, [self.eval_view(i, data_config.eval_scale, data_config.crop_size)
-                                                for i in padded])
-            yield {**batch, "mask": np.arange(local_batch) < len(chunk)}
-
-    def eval_images(self, scale: int, process_index: int, process_count: int) -> Iterator[tuple[np.ndarray, int]]:
-        """(uint8 [scale, scale, 3], label): each whole picture of this process's shard at test scale Q."""
-        for index in range(process_index, self.num_examples, process_count):
-            view = self.eval_view(index, scale, scale)
-            yield render(self.classes, view), view.label
