@@ -7,8 +7,8 @@ the variables) and what reaches a terminal (class names). Bounds:
   num_classes     1 .. MAX_CLASSES (ImageNet-21k's 21843, as for weight files)
   image_size      a multiple of 32 in 32 .. MAX_IMAGE_SIZE (512, the paper's largest test scale)
   width           a number in (0, 1] (the multiplier scales VGG down)
-  dropout_rate    [0, 1); include_top, remat: booleans; init_scheme, conv_algorithm, pool,
-                  dtype: one of their names; any other model argument is refused
+  dropout_rate    [0, 1); include_top, remat, batch_norm, lrn: booleans; layout, init_scheme,
+                  conv_algorithm, pool, dtype: one of their names; any other argument is refused
   class_names     absent, or one printable name of 1 .. MAX_NAME_CHARS characters per class
 Each failure is a ValueError "<field>: <value>: <reason>" (file strings shown escaped).
 """
@@ -48,6 +48,9 @@ MODEL_ARGUMENTS = {
     "dropout_rate": (lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
     "include_top": (lambda v: isinstance(v, bool), "true or false"),
     "remat": (lambda v: isinstance(v, bool), "true or false"),
+    "batch_norm": (lambda v: isinstance(v, bool), "true or false"),
+    "lrn": (lambda v: isinstance(v, bool), "true or false"),
+    "layout": one_of(models.LAYOUTS),
     "init_scheme": one_of(models.INIT_SCHEMES),
     "conv_algorithm": one_of(models.CONV_ALGORITHMS),
     "pool": one_of(models.POOLS),
@@ -68,7 +71,7 @@ def check_arch(arch) -> str:
 
 
 def check_model_arguments(arguments) -> dict:
-    """The VGG fields a spec sets; the architecture fixes layout, batch_norm and lrn."""
+    """The VGG fields a spec sets (the architecture's own, such as batch_norm, may be restated)."""
     if not isinstance(arguments, dict):
         raise ValueError(f"model_kwargs: {shown(arguments)}: not a JSON object")
     for name, value in arguments.items():
