@@ -271,14 +271,27 @@ def test_a_planted_or_edited_cache_directory_is_refused_with_how_to_get_it_again
         vgg_jax.load("pretrained:tiny")
 
 
+def test_download_says_a_planted_directory_is_not_ready(cache, variables, capsys):
+    """Catches `weights download NAME` answering 'ready' for a directory the cache did not convert."""
+    shutil.rmtree(cache)
+    checkpoints.save_model(cache, variables, SPEC)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["download", "tiny"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and err.count("\n") == 1
+    assert err.startswith(f"error: {cache} exists and is not a vgg11 model directory: remove it and run ")
+    assert err.endswith("(it has no record of a conversion from tiny-0123abcd.pth)\n")
+
+
 # --- writers delete nothing -------------------------------------------------------------------
 
 def users_folder(path):
     """A folder of someone's own files, with integer-named sub-folders as orbax's steps have."""
     (path / "2019").mkdir(parents=True)
     (path / "2019" / "photo.jpg").write_bytes(b"\xff\xd8 a photo")
-    (path / "7").mkdir()
-    (path / "7" / "_CHECKPOINT_METADATA").write_text("{}")  # another checkpoint's step
+    for step in ("0", "7"):  # a training run's steps, as orbax names them
+        (path / step).mkdir()
+        (path / step / "_CHECKPOINT_METADATA").write_text("{}")
     (path / "other").mkdir()
     (path / "other" / "notes.txt").write_text("mine")
     return path
@@ -322,7 +335,7 @@ def test_import_replaces_an_earlier_import_and_leaves_its_neighbours(weight_file
     for _ in range(2):
         cli.main(["import", str(weight_file), "--arch", "vgg11", "--out", str(out)])
         assert capsys.readouterr().out.startswith(f"wrote {out}: vgg11")
-    assert os.listdir(out) == ["0"] and sorted(os.listdir(tmp_path)) == ["2019", "7", "models", "other"]
+    assert os.listdir(out) == ["0"] and sorted(os.listdir(tmp_path)) == ["0", "2019", "7", "models", "other"]
     assert os.listdir(tmp_path / "models") == ["vgg11"]  # no temporaries left
     assert checkpoints.load_variables(out)[1].normalization == TORCHVISION
 
