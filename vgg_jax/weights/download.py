@@ -2,7 +2,9 @@
 
 The cache ($VGG_JAX_HOME, default ~/.cache/vgg_jax) holds
   downloads/<file name>   the publisher's file, there only once its digest matched;
-  <name>/                 the model directory converted from it, which `pretrained` loads.
+  <name>/                 the model directory converted from it, which `pretrained` loads; it
+                          records the file (name, digest) and its own content's digest, both
+                          checked on every use, so a planted or edited directory is refused.
 Each appears by an atomic rename of a finished temporary, under a file lock (filelock) per
 target: an interrupted run leaves nothing that looks finished, and two processes asking at once
 download and convert once. Downloads use urllib (stdlib): a streamed GET with a length check is
