@@ -55,7 +55,8 @@ def edit_meta(root, change):
 def save_as_zarr(root, variables, meta):
     """A model directory with one zarr array per folder (orbax without OCDBT): its .zarray files
     are plain JSON that anyone can edit."""
-    handlers = {checkpoints.STATE: ocp.PyTreeCheckpointHandler(use_ocdbt=False), checkpoints.META: ocp.JsonCheckpointHandler()}
+    handlers = {checkpoints.STATE: ocp.PyTreeCheckpointHandler(use_ocdbt=False),
+                checkpoints.META: ocp.JsonCheckpointHandler()}
     options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False)
     with ocp.CheckpointManager(root, options=options, item_handlers=handlers) as manager:
         manager.save(0, args=ocp.args.Composite(state=ocp.args.PyTreeSave(variables), meta=ocp.args.JsonSave(meta)))
@@ -214,7 +215,8 @@ def test_predict_refuses_a_model_without_its_head_in_one_line(variables, tmp_pat
     """Catches predict failing deep inside (an IndexError traceback) on a headless model."""
     root = tmp_path / "headless"
     headless = {"params": {k: v for k, v in variables["params"].items() if k.startswith("conv")}}
-    checkpoints.save_model(root, headless, checkpoints.ModelSpec("vgg11", {**KWARGS, "include_top": False}, None, PAPER))
+    spec = checkpoints.ModelSpec("vgg11", {**KWARGS, "include_top": False}, None, PAPER)
+    checkpoints.save_model(root, headless, spec)
     assert predict.main(["--checkpoint", str(root), str(tmp_path / "any.jpg")]) == 1
     err = capsys.readouterr().err
     assert err == f"error: {root} (step 0) has no classifier head (include_top=False): predict needs fc6-fc8\n"
@@ -243,10 +245,10 @@ def test_the_cache_loads_what_it_converted(cache, variables):
 
 PLANTS = {
     "planted without a record": lambda root, variables: checkpoints.save_model(root, variables, SPEC),
-    "recorded from another file": lambda root, variables: edit_meta(root, lambda m: m["source"].update(sha256="0" * 64)),
-    "spec edited": lambda root, variables: edit_meta(root, lambda m: m["spec"]["normalization"].update(mean_rgb=[0, 0, 0])),
+    "recorded from another file": lambda root, _: edit_meta(root, lambda m: m["source"].update(sha256="0" * 64)),
+    "spec edited": lambda root, _: edit_meta(root, lambda m: m["spec"]["normalization"].update(mean_rgb=[0, 0, 0])),
     "arrays replaced": lambda root, variables: replace_arrays(root, variables),
-    "width 1/16 with std 0": lambda root, variables: edit_meta(
+    "width 1/16 with std 0": lambda root, _: edit_meta(
         root, lambda m: m["spec"]["normalization"].update(std_rgb=[0, 1, 1])),
 }
 
@@ -324,7 +326,8 @@ def test_import_into_a_folder_of_the_users_files_deletes_nothing(weight_file, tm
     assert contents(folder) == before and sorted(os.listdir(tmp_path)) == ["mine"]
     (tmp_path / "file.txt").write_text("mine")
     code, err = run_import(tmp_path / "file.txt", weight_file, capsys)
-    assert code == 1 and err == f"error: {tmp_path / 'file.txt'} exists and is not a directory: choose another output directory\n"
+    assert code == 1
+    assert err == f"error: {tmp_path / 'file.txt'} exists and is not a directory: choose another output directory\n"
     assert (tmp_path / "file.txt").read_text() == "mine"
 
 
