@@ -15,10 +15,9 @@ Each failure is a ValueError "<field>: <value>: <reason>" (file strings shown es
 
 from __future__ import annotations
 
-import math
-
 import vgg_jax
 from vgg_jax import models
+from vgg_jax.normalization import finite_float
 
 MAX_CLASSES = 21843  # ImageNet-21k's classes: the most any published VGG head has
 MAX_IMAGE_SIZE = 512
@@ -32,7 +31,10 @@ def is_integer(value) -> bool:
 
 
 def is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return finite_float(value) is not None
+
+
+BOOLEAN = (lambda value: isinstance(value, bool), "true or false")
 
 
 def one_of(names) -> tuple:
@@ -46,10 +48,10 @@ MODEL_ARGUMENTS = {
                    and v % models.DOWNSAMPLING == 0, f"a multiple of 32 in 32 .. {MAX_IMAGE_SIZE}"),
     "width": (lambda v: is_number(v) and 0 < v <= MAX_WIDTH, f"a number in (0, {MAX_WIDTH:g}]"),
     "dropout_rate": (lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
-    "include_top": (lambda v: isinstance(v, bool), "true or false"),
-    "remat": (lambda v: isinstance(v, bool), "true or false"),
-    "batch_norm": (lambda v: isinstance(v, bool), "true or false"),
-    "lrn": (lambda v: isinstance(v, bool), "true or false"),
+    "include_top": BOOLEAN,
+    "remat": BOOLEAN,
+    "batch_norm": BOOLEAN,
+    "lrn": BOOLEAN,
     "layout": one_of(models.LAYOUTS),
     "init_scheme": one_of(models.INIT_SCHEMES),
     "conv_algorithm": one_of(models.CONV_ALGORITHMS),
