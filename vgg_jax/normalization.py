@@ -45,10 +45,22 @@ class Normalization:
 def three_numbers(values: dict, key: str) -> tuple[float, float, float]:
     """values[key] as 3 finite floats (one per RGB channel), else a ValueError naming it."""
     numbers = values.get(key)
-    if not (isinstance(numbers, (list, tuple)) and len(numbers) == 3 and all(
-            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in numbers)):
+    floats = [finite_float(x) for x in numbers] if isinstance(numbers, (list, tuple)) else []
+    if len(floats) != 3 or None in floats:
         raise ValueError(f"normalization.{key}: {numbers!r:.60}: must be 3 finite numbers")
-    return tuple(float(x) for x in numbers)
+    return tuple(floats)
+
+
+def finite_float(value) -> float | None:
+    """A JSON number as a finite float; None for anything else (NaN, infinities, an int too
+    large for a float, a bool or a string)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 PAPER = Normalization()  # mean subtraction only (Sec. 2.1)
