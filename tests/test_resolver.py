@@ -18,7 +18,7 @@ import vgg_jax
 import vgg_jax.nnx
 from test_weights import TorchvisionVGG
 from vgg_jax import checkpoints, evaluation, loading, lpips, normalization, predict, preinit
-from vgg_jax.weights import WeightsError, download, import_to_checkpoint, import_weights
+from vgg_jax.weights import WeightsError, download, import_to_checkpoint, import_weights, registry
 from configs import default
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,7 +34,9 @@ def world(tmp_path_factory):
     reference = TorchvisionVGG("vgg16", window=1, num_classes=10)
     torch.save(reference.state_dict(), root / "vgg16-0123.pth")
     cache = root / "cache"
-    import_to_checkpoint(str(root / "vgg16-0123.pth"), "vgg16", str(cache / "vgg16"))
+    published = registry.lookup("vgg16")  # recorded as the cache records its conversion of the published file
+    import_to_checkpoint(str(root / "vgg16-0123.pth"), "vgg16", str(cache / "vgg16"),
+                         source={"file": published.file_name, "sha256": published.digest})
     shutil.copytree(cache / "vgg16", root / "model")
     shutil.copytree(cache / "vgg16", root / "run" / "checkpoints")
     sources = {"workdir": str(root / "run"), "model directory": str(root / "model"),

@@ -10,6 +10,7 @@ import vgg_jax
 from configs import cats_vs_dogs, default, flowers
 from vgg_jax import checkpoints, training
 from vgg_jax.normalization import TORCHVISION
+from vgg_jax.weights import registry
 
 
 def shrink(config):
@@ -21,12 +22,14 @@ def shrink(config):
 
 
 def save_pretrained(directory, num_classes=1000):
-    """A stand-in for imported ImageNet weights: a tiny vgg16 with torchvision normalisation."""
+    """A stand-in for imported ImageNet weights: a tiny vgg16 with torchvision normalisation,
+    recorded as the cache records its conversion of the published file."""
     model = vgg_jax.vgg16(num_classes=num_classes, width=0.125, image_size=32)
     variables = jax.tree.map(np.asarray, model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
     spec = checkpoints.ModelSpec("vgg16", {"num_classes": num_classes, "width": 0.125, "image_size": 32},
                                  None, TORCHVISION)
-    checkpoints.save_model(directory, variables, spec)
+    published = registry.lookup("vgg16")
+    checkpoints.save_model(directory, variables, spec, {"file": published.file_name, "sha256": published.digest})
     return variables
 
 

@@ -13,18 +13,23 @@ accepts either.
 from __future__ import annotations
 
 import contextlib
-import logging
 import dataclasses
+import hashlib
+import json
+import logging
 import os
 import re
 import shutil
+import stat
 from typing import Any, Iterable
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from flax import traverse_util
 
 import vgg_jax
+from vgg_jax import directory_writes, spec_fields
 from vgg_jax.normalization import Normalization
 
 log = logging.getLogger("vgg_jax.checkpoints")
@@ -71,8 +76,18 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, values: dict) -> "ModelSpec":
-        return cls(values["arch"], dict(values["model_kwargs"]), values.get("class_names"),
-                   Normalization.from_dict(values["normalization"]))
+        """A spec read from a file, every field checked (`spec_fields`); a CheckpointError
+        'spec.<field>: <value>: <reason>' otherwise."""
+        if not isinstance(values, dict):
+            raise CheckpointError("spec: not a JSON object")
+        try:
+            arch = spec_fields.check_arch(values.get("arch"))
+            model = vgg_jax.create_model(arch, **spec_fields.check_model_arguments(values.get("model_kwargs", {})))
+            names = spec_fields.check_class_names(values.get("class_names"), model.num_classes, model.include_top)
+            return cls(arch, dict(values.get("model_kwargs", {})), names,
+                       Normalization.from_dict(values.get("normalization")))
+        except ValueError as error:
+            raise CheckpointError(f"spec.{error}") from None
 
 
 def model_root(path: str | os.PathLike) -> str:
@@ -159,13 +174,57 @@ def os_error_text(error: BaseException) -> str:
     return first if len(first) <= 300 else first[:300] + "..."
 
 
-def save_model(directory: str | os.PathLike, variables: dict, spec: ModelSpec) -> None:
-    """Writes `variables` ({'params', 'batch_stats'?}) as a model directory (imports, exports)."""
-    manager = open_manager(os.path.abspath(os.fspath(directory)), keep=1, keep_best=False,
-                           async_save=False)
-    save(manager, 0, dict(variables), {"spec": spec.to_dict()})
-    finish_saving(manager)
-    manager.close()
+def save_model(directory: str | os.PathLike, variables: dict, spec: ModelSpec, source: dict | None = None) -> None:
+    """Writes `variables` ({'params', 'batch_stats'?}) as a model directory (imports, the cache).
+    It is written beside `directory` and renamed into place (`directory_writes`): an existing
+    `directory` is replaced only when empty or an earlier model directory of this kind, else a
+    CheckpointError; orbax never saves into a folder that holds anything else. `source`
+    (the cache's record of the file converted) is kept in the meta item with `content_digest`."""
+    meta = {"spec": spec.to_dict()}
+    if source is not None:
+        meta["source"] = {**source, CONTENT_DIGEST: content_digest(variables, spec)}
+    with occupied_errors():
+        with directory_writes.replacing(directory, is_saved_model, MODEL_DIRECTORY) as temporary:
+            manager = open_manager(temporary, keep=1, keep_best=False, async_save=False)
+            save(manager, 0, dict(variables), meta)
+            finish_saving(manager)
+            manager.close()
+
+
+def check_output(directory: str | os.PathLike) -> None:
+    """The CheckpointError save_model would raise for `directory`, before any work."""
+    with occupied_errors():
+        directory_writes.check_replaceable(os.path.abspath(os.fspath(directory)), is_saved_model, MODEL_DIRECTORY)
+
+
+@contextlib.contextmanager
+def occupied_errors():
+    try:
+        yield
+    except directory_writes.OccupiedError as error:
+        raise CheckpointError(str(error)) from None
+
+
+MODEL_DIRECTORY = "a model directory"
+
+
+def is_saved_model(directory: str) -> bool:
+    """Whether `directory` is what save_model writes: one step, 0, that orbax committed."""
+    return os.listdir(directory) == ["0"] and os.path.isfile(os.path.join(directory, "0", "_CHECKPOINT_METADATA"))
+
+
+CONTENT_DIGEST = "content_sha256"
+
+
+def content_digest(variables: dict, spec: ModelSpec) -> str:
+    """SHA-256 of the spec and every array (name, dtype, shape and bytes, in name order): what
+    the cache checks to tell its own directories from edited or planted ones."""
+    hasher = hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True).encode())
+    for name, value in sorted(traverse_util.flatten_dict(variables, sep="/").items()):
+        value = np.ascontiguousarray(value)
+        hasher.update(f"{name} {value.dtype.str} {value.shape}".encode())
+        hasher.update(value)
+    return hasher.hexdigest()
 
 
 def reader(root: str) -> ocp.CheckpointManager:
@@ -213,16 +272,134 @@ def step_metrics(root: str) -> dict[int, dict | None]:
         return {step: manager.metrics(step) for step in manager.all_steps()}
 
 
+# --- model directories as untrusted input --------------------------------------------------------
+
+MAX_ENTRIES = 10_000  # files and folders in a model directory (a training run's 4 steps hold ~100)
+# The JSON files orbax reads whole, bounded before anything reads them. The meta item's
+# 'metadata' holds the spec, whose 21843 class names of 256 characters at most take < 8 MiB.
+JSON_FILE_BYTES = {"metadata": 8 << 20, "_METADATA": 1 << 20, "_CHECKPOINT_METADATA": 1 << 20,
+                   ".zarray": 64 << 10, "commit_success.txt": 4 << 10}
+MAX_VARIABLE_BYTES = 1 << 30  # vgg19_bn at 224 px with 21843 classes, the largest import: 0.92 GB
+STORED_DTYPES = ("float16", "bfloat16", "float32", "float64")  # restored as the model's float32
+
+
 def load_variables(path: str | os.PathLike, step: int | None = None) -> tuple[dict, ModelSpec, int]:
     """(variables, spec, step) of a workdir or model directory: its parameters and batch
-    statistics only (the optimiser state is never read). Default step: `default_step`."""
+    statistics only (the optimiser state is never read). Default step: `default_step`.
+
+    The directory is untrusted: its files (`check_files`), its spec (`ModelSpec.from_dict`) and
+    the stored shapes and dtypes (`check_stored_layout`, against the spec's model) are checked
+    before any array is read, and only the arrays the model has are read, at its shapes. Any
+    failure is a CheckpointError naming the directory, the field and the reason."""
+    root, step, meta = open_model(path, step)
+    spec = read_spec(meta, root, step)
+    expected = expected_variables(spec.build(), root, step)
+    check_stored_layout(root, step, expected)
+    with read_errors(root, step):
+        state = read_state(root, step, jax.sharding.SingleDeviceSharding(jax.local_devices()[0]),
+                           target=expected, collections=tuple(expected))
+    variables = jax.tree.map(np.asarray, dict(state))
+    check_finite(variables, root, step)
+    return variables, spec, step
+
+
+def open_model(path: str | os.PathLike, step: int | None = None) -> tuple[str, int, dict]:
+    """(root, step, meta item) of a workdir or model directory whose files passed `check_files`."""
     root = model_root(path)
+    if root != os.path.abspath(os.fspath(path)) and os.path.islink(root):
+        raise CheckpointError(f"{root} is a symbolic link: a workdir must hold its own checkpoints")
+    check_files(root)
     step = default_step(root) if step is None else step
     with read_errors(root, step):
-        spec = ModelSpec.from_dict(read_meta(root, step)["spec"])
-        state = read_state(root, step, jax.sharding.SingleDeviceSharding(jax.local_devices()[0]),
-                           collections=("params", "batch_stats"))
-    return jax.tree.map(np.asarray, dict(state)), spec, step
+        meta = read_meta(root, step)
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{root} step {step}: meta: not a JSON object")
+    return root, step, meta
+
+
+def check_files(root: str) -> None:
+    """Refuses symbolic links (a file outside the directory would be read as its own), anything
+    but files and folders (reading a FIFO would block), over MAX_ENTRIES entries, and JSON files
+    over their JSON_FILE_BYTES bound."""
+    for entries, (path, info) in enumerate(directory_entries(root), start=1):
+        where = f"{root}: {spec_fields.shown(os.path.relpath(path, root))}"
+        if entries > MAX_ENTRIES:
+            raise CheckpointError(f"{root} holds over {MAX_ENTRIES} files and folders: not a model directory")
+        if stat.S_ISLNK(info.st_mode):
+            raise CheckpointError(f"{where} is a symbolic link: a model directory must hold its own files")
+        if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+            raise CheckpointError(f"{where} is neither a file nor a folder")
+        limit = JSON_FILE_BYTES.get(os.path.basename(path))
+        if limit is not None and info.st_size > limit:
+            raise CheckpointError(f"{where} has {info.st_size} bytes, over the {limit} such a file may have")
+
+
+def directory_entries(root: str):
+    """(path, lstat) of everything under `root`, links not followed."""
+    for parent, folders, files in os.walk(root):
+        for name in folders + files:
+            path = os.path.join(parent, name)
+            yield path, os.lstat(path)
+
+
+def read_spec(meta: dict, root: str, step: int) -> ModelSpec:
+    try:
+        return ModelSpec.from_dict(meta.get("spec"))
+    except CheckpointError as error:
+        raise CheckpointError(f"{root} step {step}: {error}") from None
+
+
+def expected_variables(model: vgg_jax.VGG, root: str, step: int) -> dict:
+    """The model's variables as shapes (no arrays), within MAX_VARIABLE_BYTES."""
+    expected = abstract_variables(model)
+    size = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(expected))
+    if size > MAX_VARIABLE_BYTES:
+        raise CheckpointError(f"{root} step {step}: spec: its model's variables would take {size / 1e9:.2f} GB, "
+                              f"over the {MAX_VARIABLE_BYTES / 1e9:.2f} GB of the largest VGG")
+    return expected
+
+
+def check_stored_layout(root: str, step: int, expected: dict) -> None:
+    """Compares what the 'state' item's metadata declares (no array is read) with `expected`."""
+    with read_errors(root, step), reader(root) as manager:
+        stored = manager.item_metadata(step)[STATE]
+        stored = {name: dict(stored[name]) for name in expected if name in stored}
+    problems = layout_problems(traverse_util.flatten_dict(expected, sep="/"),
+                               traverse_util.flatten_dict(stored, sep="/"))
+    if problems:
+        more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise CheckpointError(f"the checkpoint at {root} step {step} does not fit this model (its spec's): "
+                              + "; ".join(problems[:3]) + more)
+
+
+def layout_problems(expected: dict, stored: dict) -> list[str]:
+    """Per array (flat names): missing, not in the model, not an array, another shape, a dtype
+    that is not a float, or chunks larger than the array (tensorstore decodes whole chunks)."""
+    problems = [f"{name}: missing" for name in expected if name not in stored]
+    problems += [f"{spec_fields.shown(name)}: not in this model" for name in stored if name not in expected]
+    for name in expected.keys() & stored.keys():
+        want, have = expected[name], stored[name]
+        if not isinstance(have, ocp.metadata.ArrayMetadata):
+            problems.append(f"{name}: not an array")
+        elif tuple(have.shape) != want.shape:
+            problems.append(f"{name}: stored shape {tuple(have.shape)}, the model's {want.shape}")
+        elif np.dtype(have.dtype).name not in STORED_DTYPES:
+            problems.append(f"{name}: stored as {np.dtype(have.dtype).name}; parameters must be one of "
+                            f"{', '.join(STORED_DTYPES)}")
+        elif have.storage and have.storage.chunk_shape and any(
+                chunk > max(size, 1) for chunk, size in zip(have.storage.chunk_shape, want.shape)):
+            problems.append(f"{name}: chunks {tuple(have.storage.chunk_shape)} larger than its shape {want.shape}")
+    return problems
+
+
+def check_finite(variables: dict, root: str, step: int) -> None:
+    """NaN or infinite parameters make every score NaN: refused, naming the arrays. min and max
+    propagate NaN and show infinities without a temporary the size of the array."""
+    bad = [name for name, value in traverse_util.flatten_dict(variables, sep="/").items()
+           if value.size and not (np.isfinite(value.min()) and np.isfinite(value.max()))]
+    if bad:
+        raise CheckpointError(f"{root} step {step}: {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}: "
+                              "NaN or infinite values")
 
 
 @contextlib.contextmanager
@@ -255,8 +432,9 @@ def load_model(path: str | os.PathLike, step: int | None = None, **overrides):
 
 
 def abstract_variables(model: vgg_jax.VGG) -> dict:
+    """The model's variables as ShapeDtypeStructs: nothing is allocated, the input included."""
     size = model.image_size
-    return jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, size, size, 3), np.float32)))
+    return jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, size, size, 3), np.float32))
 
 
 def shape_mismatches(expected: dict, actual: dict, layers: Iterable[str] | None = None) -> list[str]:

@@ -32,7 +32,7 @@ from absl import flags
 from flax import traverse_util
 
 import vgg_jax
-from vgg_jax import checkpoints, command_line, loading
+from vgg_jax import checkpoints, command_line, directory_writes, loading
 from vgg_jax.predict import class_names
 
 ARTEFACTS = {"logits": "logits.jax", "scores": "scores.jax"}
@@ -100,13 +100,21 @@ def export_model(model: vgg_jax.VGG, variables: dict, spec: checkpoints.ModelSpe
 
 
 def write(directory: str, artefacts: dict[str, bytes], flat: dict[str, np.ndarray], description: dict) -> None:
-    os.makedirs(directory, exist_ok=True)
-    for file, data in artefacts.items():
-        with open(os.path.join(directory, file), "wb") as f:
-            f.write(data)
-    np.savez(os.path.join(directory, WEIGHTS_FILE), **flat)
-    with open(os.path.join(directory, SPEC_FILE), "w") as f:
-        json.dump(description, f, indent=1)
+    """Writes the folder beside `directory` and renames it into place: an existing `directory`
+    is replaced only when empty or an earlier export (these files and no others), else a
+    ValueError (`directory_writes`)."""
+    with directory_writes.replacing(directory, is_export, "an export folder") as temporary:
+        os.makedirs(temporary)
+        for file, data in artefacts.items():
+            with open(os.path.join(temporary, file), "wb") as f:
+                f.write(data)
+        np.savez(os.path.join(temporary, WEIGHTS_FILE), **flat)
+        with open(os.path.join(temporary, SPEC_FILE), "w") as f:
+            json.dump(description, f, indent=1)
+
+
+def is_export(directory: str) -> bool:
+    return set(os.listdir(directory)) <= {*ARTEFACTS.values(), WEIGHTS_FILE, SPEC_FILE}
 
 
 def main(argv: list[str] | None = None) -> int:

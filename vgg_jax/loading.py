@@ -46,7 +46,7 @@ def load_variables(source: str | os.PathLike, arch: str | None = None) -> tuple[
     an unknown `pretrained:NAME` WeightsError (both ValueErrors), naming it."""
     kind, path = classify(source)
     if kind == "pretrained":
-        variables, spec, step = checkpoints.load_variables(download.ensure_model(path))
+        variables, spec, step = download.load_pretrained(path)
         return variables, spec, f"{PRETRAINED_PREFIX}{path} (step {step})"
     if kind == "directory":
         variables, spec, step = checkpoints.load_variables(path)

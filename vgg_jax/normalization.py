@@ -6,6 +6,7 @@ Carried by every checkpoint so that training, eval.py and predict apply the righ
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -29,7 +30,37 @@ class Normalization:
 
     @classmethod
     def from_dict(cls, values: dict) -> "Normalization":
-        return cls(tuple(values["mean_rgb"]), tuple(values["std_rgb"]), bool(values["bgr"]))
+        """From a file: a ValueError naming the field unless the means are 3 finite numbers, the
+        stds 3 finite numbers > 0 (a std of 0 or NaN would make every score NaN) and bgr a bool."""
+        if not isinstance(values, dict):
+            raise ValueError("normalization: not a JSON object")
+        mean, std = three_numbers(values, "mean_rgb"), three_numbers(values, "std_rgb")
+        if not all(value > 0 for value in std):
+            raise ValueError(f"normalization.std_rgb: {list(std)}: each std must be > 0")
+        if not isinstance(values.get("bgr"), bool):
+            raise ValueError(f"normalization.bgr: {values.get('bgr')!r:.40}: must be true or false")
+        return cls(mean, std, values["bgr"])
+
+
+def three_numbers(values: dict, key: str) -> tuple[float, float, float]:
+    """values[key] as 3 finite floats (one per RGB channel), else a ValueError naming it."""
+    numbers = values.get(key)
+    floats = [finite_float(x) for x in numbers] if isinstance(numbers, (list, tuple)) else []
+    if len(floats) != 3 or None in floats:
+        raise ValueError(f"normalization.{key}: {numbers!r:.60}: must be 3 finite numbers")
+    return tuple(floats)
+
+
+def finite_float(value) -> float | None:
+    """A JSON number as a finite float; None for anything else (NaN, infinities, an int too
+    large for a float, a bool or a string)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 PAPER = Normalization()  # mean subtraction only (Sec. 2.1)

@@ -151,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         member = evaluation.load_member(FLAGS.checkpoint, FLAGS.arch)
         model, variables, spec = member.model, member.variables, member.spec
+        if not model.include_top:
+            raise ValueError(f"{member.source} has no classifier head (include_top=False): predict needs fc6-fc8")
         print(f"model: {member.source}", file=sys.stderr)
         scale = FLAGS.scale or model.image_size
         heatmap_scale = FLAGS.heatmap_scale or default_heatmap_scale(model.image_size)

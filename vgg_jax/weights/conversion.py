@@ -25,7 +25,7 @@ from flax import traverse_util
 from safetensors import safe_open
 
 import vgg_jax
-from vgg_jax import checkpoints, normalization
+from vgg_jax import checkpoints, normalization, spec_fields
 from vgg_jax.models import BLOCK_WIDTHS, DOWNSAMPLING, FC_WIDTH, LAYOUTS, initializers
 from vgg_jax.weights.errors import WeightsError
 from vgg_jax.weights.file_tensors import FLOAT_DTYPES, FileTensor, file_errors, is_float, untrusted
@@ -38,8 +38,9 @@ TIMM_HEAD = ("pre_logits.fc1", "pre_logits.fc2", "head.fc")
 KERAS_HEAD = ("fc1", "fc2", "predictions")
 IGNORED_SUFFIXES = (".num_batches_tracked",)  # BN bookkeeping with no effect on inference
 # The head's size comes from the file; bounded so that no file asks for more than the
-# architecture at its 224 px input (a 7x7 fc6 window) with this many classes (ImageNet-21k's).
-MAX_CLASSES = 21843
+# architecture at its 224 px input (a 7x7 fc6 window) with this many classes (ImageNet-21k's,
+# the bound model directories have too).
+MAX_CLASSES = spec_fields.MAX_CLASSES
 # safetensors parses its JSON header whole (18 MB of empty entries took 547 MB); timm's
 # VGG19-BN header takes about 12 kB.
 MAX_SAFETENSORS_HEADER = 2**20
@@ -280,9 +281,12 @@ def new_classifier(model: vgg_jax.VGG, num_classes: int, seed: int = 0) -> dict:
 
 
 def import_to_checkpoint(path: str, arch: str, out: str, num_classes: int | None = None,
-                         class_names: list[str] | None = None) -> checkpoints.ModelSpec:
+                         class_names: list[str] | None = None, source: dict | None = None) -> checkpoints.ModelSpec:
     """Imports `path` and writes it as a model directory; `num_classes` other than the file's
-    replaces fc8 by a fresh one. `class_names` go into the spec for predict and users."""
+    replaces fc8 by a fresh one. `class_names` go into the spec for predict and users; `source`
+    (the cache's record of the file) into its meta item. An existing `out` that is not an
+    earlier model directory is refused before the file is read (`checkpoints.save_model`)."""
+    checkpoints.check_output(out)
     variables, convention = import_weights(path, arch)
     model = vgg_jax.create_model(arch)
     fields = head_fields(variables["params"], model)
@@ -293,7 +297,7 @@ def import_to_checkpoint(path: str, arch: str, out: str, num_classes: int | None
         variables, fields = {**variables, "params": params}, {**fields, "num_classes": num_classes}
     spec = checkpoints.ModelSpec(arch, fields, class_names, convention)
     try:
-        checkpoints.save_model(out, variables, spec)
-    except OSError as error:
-        raise WeightsError(f"cannot write the model directory {out}: {error}") from error
+        checkpoints.save_model(out, variables, spec, source)
+    except (OSError, checkpoints.CheckpointSaveError) as error:
+        raise WeightsError(f"cannot write the model directory {out}: {checkpoints.os_error_text(error)}") from error
     return spec

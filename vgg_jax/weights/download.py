@@ -2,7 +2,9 @@
 
 The cache ($VGG_JAX_HOME, default ~/.cache/vgg_jax) holds
   downloads/<file name>   the publisher's file, there only once its digest matched;
-  <name>/                 the model directory converted from it, which `pretrained` loads.
+  <name>/                 the model directory converted from it, which `pretrained` loads; it
+                          records the file (name, digest) and its own content's digest, both
+                          checked on every use, so a planted or edited directory is refused.
 Each appears by an atomic rename of a finished temporary, under a file lock (filelock) per
 target: an interrupted run leaves nothing that looks finished, and two processes asking at once
 download and convert once. Downloads use urllib (stdlib): a streamed GET with a length check is
@@ -17,16 +19,15 @@ import glob
 import hashlib
 import http.client
 import os
-import shutil
 import urllib.error
 import urllib.request
-import uuid
 
 import filelock
 import tqdm
 
 from vgg_jax import checkpoints
 from vgg_jax.class_names import imagenet_class_names
+from vgg_jax.directory_writes import remove, temporary_path
 from vgg_jax.weights import conversion, registry
 from vgg_jax.weights.errors import WeightsError
 
@@ -50,12 +51,6 @@ def by_hand(weights: registry.WeightSet) -> str:
             f"{weights.file_name} --arch {weights.arch} --out DIR")
 
 
-def temporary_path(path: str) -> str:
-    """A fresh name beside `path` that `locked(path)` recognises as an earlier run's leftover."""
-    parent, base = os.path.split(path)
-    return os.path.join(parent, f".{base}.{uuid.uuid4().hex}.partial")
-
-
 @contextlib.contextmanager
 def locked(path: str):
     """Holds the lock of `path` (a hidden `.lock` file beside it). Temporaries of runs that died
@@ -74,13 +69,6 @@ def locked(path: str):
         yield
     finally:
         lock.release()
-
-
-def remove(path: str) -> None:
-    if os.path.isdir(path):
-        shutil.rmtree(path, ignore_errors=True)
-    elif os.path.lexists(path):
-        os.remove(path)
 
 
 def copy_hashing(response, file, url: str, algorithm: str, progress: bool) -> str:
@@ -122,10 +110,13 @@ def fetch(weights: registry.WeightSet, path: str, progress: bool = True) -> None
 
 
 def convert_into(weights: registry.WeightSet, file: str, directory: str) -> None:
-    """Converts the verified `file` into the model directory `directory`, atomically."""
+    """Converts the verified `file` into the model directory `directory`, atomically, recording
+    the file's name and digest (`cache_record` checks them on every use)."""
     temporary = temporary_path(directory)
     try:
-        spec = conversion.import_to_checkpoint(file, weights.arch, temporary, class_names=list(imagenet_class_names()))
+        source = {"file": weights.file_name, weights.algorithm: file_digest(file, weights.algorithm)}
+        spec = conversion.import_to_checkpoint(file, weights.arch, temporary, class_names=list(imagenet_class_names()),
+                                               source=source)
         if spec.normalization != weights.normalization:
             raise WeightsError(f"{file} is a {spec.normalization} file, the registry expects {weights.normalization}")
         os.replace(temporary, directory)
@@ -133,29 +124,59 @@ def convert_into(weights: registry.WeightSet, file: str, directory: str) -> None
         remove(temporary)
 
 
-def check_is_model_of(directory: str, weights: registry.WeightSet) -> None:
-    """An existing `directory` is reused only when it is a model directory of `weights`' arch."""
+def file_digest(path: str, algorithm: str) -> str:
+    hasher = hashlib.new(algorithm)
+    with open(path, "rb") as file:
+        while chunk := file.read(CHUNK_BYTES):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def cache_record(directory: str, weights: registry.WeightSet) -> dict:
+    """The record (`source` in the meta item) of a model directory converted from `weights`'
+    published file; a WeightsError saying how to get it again for any other directory, planted
+    or converted from another file (checked before any array is read)."""
     try:
-        root = checkpoints.model_root(directory)
-        arch = checkpoints.read_meta(root, checkpoints.default_step(root))["spec"]["arch"]
-    except (checkpoints.CheckpointError, FileNotFoundError, KeyError, ValueError):
-        arch = None
-    if arch != weights.arch:
-        raise WeightsError(f"{directory} exists and is not a {weights.arch} model directory: "
-                           "remove it or choose another output directory")
+        _, _, meta = checkpoints.open_model(directory)
+        problem = record_problem(meta, weights)
+    except checkpoints.CheckpointError as error:
+        problem = str(error)
+    if problem:
+        raise WeightsError(not_converted_here(directory, weights, problem))
+    return meta["source"]
+
+
+def record_problem(meta: dict, weights: registry.WeightSet) -> str | None:
+    source, spec = meta.get("source"), meta.get("spec")
+    if not isinstance(source, dict) or source.get("file") != weights.file_name:
+        return f"it has no record of a conversion from {weights.file_name}"
+    if not str(source.get(weights.algorithm)).startswith(weights.digest):
+        return f"its record gives another {weights.algorithm} for {weights.file_name}"
+    if not isinstance(spec, dict) or spec.get("arch") != weights.arch:
+        return f"its spec is not a {weights.arch}"
+    return None
+
+
+def not_converted_here(directory: str, weights: registry.WeightSet, problem: str) -> str:
+    again = f"python -m vgg_jax.weights download {weights.name}"
+    if directory != os.path.join(cache_home(), weights.name):
+        again += f" --out {directory}"
+    return (f"{directory} exists and is not a {weights.arch} model directory: remove it and run `{again}` "
+            f"to fetch and convert it again, or choose another directory ({problem})")
 
 
 def ensure_model(name: str, directory: str | os.PathLike | None = None, progress: bool = True) -> str:
     """The model directory of the pretrained set `name` (default: `<cache>/<name>`): downloaded,
-    verified and converted on first use, reused as it is afterwards (no network)."""
+    verified and converted on first use, reused afterwards (no network) once `cache_record`
+    finds its record of the published file."""
     weights = registry.lookup(name)
     directory = os.path.abspath(os.fspath(directory or os.path.join(cache_home(), name)))
-    if os.path.exists(directory):  # complete: it appears by rename (and a read-only cache needs no lock)
-        check_is_model_of(directory, weights)
+    if os.path.lexists(directory):  # complete: it appears by rename (and a read-only cache needs no lock)
+        cache_record(directory, weights)
         return directory
     with locked(directory):
-        if os.path.exists(directory):  # another process made it while this one waited
-            check_is_model_of(directory, weights)
+        if os.path.lexists(directory):  # another process made it while this one waited
+            cache_record(directory, weights)
             return directory
         file = os.path.join(cache_home(), "downloads", weights.file_name)
         with locked(file):
@@ -165,8 +186,25 @@ def ensure_model(name: str, directory: str | os.PathLike | None = None, progress
     return directory
 
 
+def load_pretrained(name: str) -> tuple[dict, checkpoints.ModelSpec, int]:
+    """(variables, spec, step) of the pretrained set `name` (`ensure_model`), whose content must
+    be what was converted: its spec and arrays hash to the digest recorded at conversion."""
+    weights = registry.lookup(name)
+    directory = ensure_model(name)
+    record = cache_record(directory, weights)
+    try:
+        variables, spec, step = checkpoints.load_variables(directory)
+    except checkpoints.CheckpointError as error:
+        raise WeightsError(not_converted_here(directory, weights, str(error))) from None
+    if record.get(checkpoints.CONTENT_DIGEST) != checkpoints.content_digest(variables, spec):
+        raise WeightsError(not_converted_here(directory, weights, "its content changed since it was converted"))
+    return variables, spec, step
+
+
 def pretrained(name: str, **overrides):
     """(model, variables, spec) of a pretrained weight set (`registry.WEIGHT_SETS`), ready for
     `model.apply(variables, images)`; `overrides` are VGG fields (e.g. dtype)."""
-    return checkpoints.load_model(ensure_model(name), **overrides)
-
+    variables, spec, _ = load_pretrained(name)
+    model = spec.build(**overrides)
+    checkpoints.check_fits(model, variables, source=f"pretrained:{name}")
+    return model, variables, spec
