@@ -319,6 +319,7 @@ def eval_cli(*args):
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_eval_cli_on_an_imported_model_with_the_dataset_on_the_command_line(tmp_path, checkpoint):
     # A model directory (no training config.json), as `vgg_jax.weights import` writes: the data
     # come from --dataset, the default scales are 256, 384, 512 in proportion to the 32 crop.
@@ -355,6 +356,7 @@ def best_is_not_latest(tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow
 def test_eval_cli_on_a_workdir_evaluates_its_best_step_not_its_latest(tmp_path, best_is_not_latest):
     """Catches eval.py (load_member) taking a workdir's latest step instead of its best one."""
     done = eval_cli(f"--workdir={best_is_not_latest}", "--scales=32", "--num_images=16", f"--out={tmp_path}")
@@ -381,6 +383,7 @@ def test_eval_cli_user_errors_are_one_line(checkpoint, args, message):
     assert done.stderr.strip().splitlines()[-1].startswith(message.format(checkpoint=checkpoint))
 
 
+@pytest.mark.slow
 def test_two_processes_evaluate_their_shards_and_gather_the_whole_table(tmp_path, checkpoint):
     from tests.test_multiprocess import free_port
 

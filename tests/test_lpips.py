@@ -72,6 +72,7 @@ def test_distance_equals_the_reference(params, reference):
     np.testing.assert_allclose(ours, expected, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_gradient_equals_the_reference_autograd_in_float64(params, reference):
     x, y = image_pairs(size=32, seed=1)
     x64 = nchw(x, torch.float64)

@@ -134,6 +134,7 @@ def torch_logits(reference, images, train):
         return reference(torch.from_numpy(np.asarray(images)).permute(0, 3, 1, 2)).numpy()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch, size", [("vgg11", 32), ("vgg11_lrn", 32), ("vgg16_conv1", 32), ("vgg16", 32),
                                         ("vgg16_bn", 32), ("vgg11", 64)])
 def test_logits_match_torch_reference(arch, size):
@@ -172,6 +173,7 @@ def conv_head_reference(params, pool5, window):
     return conv(x, "fc8", 1)
 
 
+@pytest.mark.slow
 def test_dense_head_on_224_equals_fc_head():
     model = vgg_jax.vgg16(num_classes=7, width=0.125)
     images = jax.random.normal(jax.random.key(0), (2, 224, 224, 3))
@@ -193,12 +195,14 @@ def test_dense_head_on_384_is_the_convolutional_head():
     assert_float32_close(scores, expected, terms=7 * 7 * 64, layers=3)
 
 
+@pytest.mark.slow
 def test_dense_head_accepts_non_square_images():
     model = vgg_jax.vgg11(num_classes=3, width=0.125, image_size=64)
     scores = model.apply(init_variables(model, 64), jnp.zeros((1, 64, 128, 3)), dense=True)
     assert scores.shape == (1, 1, 3, 3)
 
 
+@pytest.mark.slow
 def test_without_top_returns_pool5_and_intermediates_are_named():
     model = vgg_jax.vgg16(width=0.125, image_size=32, num_classes=4)
     variables = init_variables(model, 32)
@@ -216,6 +220,7 @@ def test_without_top_returns_pool5_and_intermediates_are_named():
 
 # --- used from user code -----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_grad_inside_a_user_jitted_loss():
     model = vgg_jax.vgg11(num_classes=3, width=0.125, image_size=32, dropout_rate=0.5)
     variables = init_variables(model, 32)
@@ -248,6 +253,7 @@ def test_library_jit_keeps_convolutions_on_xla_with_the_same_results():
     assert_float32_close(ours(variables, images), expected, terms=512 * 9, layers=len(variables["params"]))
 
 
+@pytest.mark.slow
 def test_vmap_over_images_equals_batched_apply():
     model = vgg_jax.vgg11_lrn(num_classes=3, width=0.125, image_size=32)
     variables = init_variables(model, 32)
@@ -256,6 +262,7 @@ def test_vmap_over_images_equals_batched_apply():
     assert_float32_close(one, model.apply(variables, images), terms=512 * 9, layers=len(variables["params"]))
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_stays_close_to_float32():
     # bf16 has an 8-bit mantissa; through 16 layers the logits stay within ~2% of their scale.
     f32 = vgg_jax.vgg16(num_classes=10, width=0.25, image_size=32, init_scheme="kaiming")

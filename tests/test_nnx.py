@@ -64,6 +64,7 @@ def test_nnx_module_has_the_linen_names_and_logits(linen_and_directory):
                                atol=tolerance(variables, expected), rtol=0)
 
 
+@pytest.mark.slow
 def test_nnx_fine_tuning_step_matches_linen_and_lowers_the_loss(linen_and_directory):
     model, variables, _ = linen_and_directory
     model = model.clone(dropout_rate=0.0)  # deterministic, so NNX and Linen see the same loss

@@ -49,6 +49,7 @@ def photos(tmp_path_factory):
     return paths
 
 
+@pytest.mark.slow
 def test_posterior_is_the_flip_averaged_dense_softmax(checkpoint, photos):
     model, variables, spec = checkpoints.load_model(checkpoint)
     image = pp.load_image_file(photos["china"])
@@ -98,6 +99,7 @@ def predict_cli(*args):
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_cli_top5_and_heatmaps_of_the_images_size(checkpoint, photos, tmp_path):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not an image")

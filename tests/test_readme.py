@@ -65,6 +65,8 @@ HEAD = {"include_top": True, "image_size": 224, "num_classes": 1000}  # what Ima
 # Stand-ins for the model directories the blocks name (a directory's spec comes from its files).
 DIRECTORIES = {"models/vgg16": "vgg16"}
 
+pytestmark = pytest.mark.slow  # end to end: each block runs as a user would run it
+
 
 @dataclasses.dataclass(frozen=True)
 class Block:

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import pytest
 
 import vgg_jax
 from configs import default as default_config
@@ -24,6 +25,7 @@ def loss_and_grads(model, variables, images, labels):
     return vgg_jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(variables["params"])
 
 
+@pytest.mark.slow
 def test_remat_keeps_variable_names_and_results():
     plain, remat = vgg_jax.VGG(**SMALL), vgg_jax.VGG(**SMALL, remat=True)
     images = jax.random.normal(jax.random.key(2), (4, 32, 32, 3))
@@ -41,6 +43,7 @@ def test_remat_keeps_variable_names_and_results():
         assert_float32_close(got, want, terms=fan_in, layers=len(variables["params"]))
 
 
+@pytest.mark.slow
 def test_remat_recomputes_each_block_and_needs_less_memory():
     # XLA:CPU would merge the recomputation back into the forward pass (CSE) were the barriers
     # expanded first; vgg_jax.jit keeps them (vgg_jax.compilation).

@@ -64,6 +64,7 @@ def test_vgg_jax_load_reads_every_kind(world, kind):
     assert spec.normalization == normalization.TORCHVISION
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_eval_members_and_train_init_from_read_every_kind(world, kind):
     """Catches eval or train.init_from resolving sources their own way (the old eval refused
@@ -80,6 +81,7 @@ def test_eval_members_and_train_init_from_read_every_kind(world, kind):
     assert convention == normalization.TORCHVISION
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_nnx_and_lpips_load_every_kind(world, kind):
     """Catches nnx.load or lpips.load bypassing the resolver for some kind."""
@@ -92,6 +94,7 @@ def test_nnx_and_lpips_load_every_kind(world, kind):
     assert_same_variables(params.variables["params"], convs)
 
 
+@pytest.mark.slow
 def test_predict_prints_the_same_for_every_kind(world, tmp_path, capsys):
     """Catches predict refusing a kind (it took only directories and pretrained:NAME) or
     loading different weights for one."""
@@ -106,6 +109,7 @@ def test_predict_prints_the_same_for_every_kind(world, tmp_path, capsys):
     assert len(outputs[0].splitlines()) == 6 and all(output == outputs[0] for output in outputs)
 
 
+@pytest.mark.slow
 def test_eval_cli_takes_a_weight_file_and_a_bare_pretrained_name(world):
     """Catches eval.py refusing the two kinds it used to turn away as missing directories. The
     nets load before the data are read, so the split named wrong (digits has 'train' and 'test')

@@ -158,6 +158,7 @@ def photos(tmp_path_factory):
     return paths
 
 
+@pytest.mark.slow
 def test_stylize_inside_jit_lowers_the_loss_tenfold(narrow_vgg19, photos):
     """Catches a gradient that does not reach the image (or points the wrong way), an optimiser
     state that is not carried across steps, and a stylize that cannot be traced inside jit."""
@@ -184,6 +185,7 @@ def narrow_model_dir(narrow_vgg19, tmp_path_factory):
     return str(path)
 
 
+@pytest.mark.slow
 def test_cli_writes_the_picture_with_the_content_aspect_ratio(narrow_model_dir, photos, tmp_path, capsys):
     """Catches a result saved square or at the style picture's shape."""
     out = tmp_path / "out.png"

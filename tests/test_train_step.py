@@ -44,6 +44,7 @@ def run_steps(model, train, data, count=1, devices=None, seed=0, dtype=jnp.float
     return state, metrics
 
 
+@pytest.mark.slow
 def test_one_step_is_sgd_with_l2_on_weights_only():
     """Catches L2 decay applied to the biases too (Caffe's habit, which we leave out), a wrong
     decay or learning rate, and a loss that is not the batch's mean cross-entropy. Biases start
@@ -69,6 +70,7 @@ def test_one_step_is_sgd_with_l2_on_weights_only():
     np.testing.assert_allclose(metrics["loss"], loss_value, rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["vgg11", "vgg11_bn"])
 def test_four_devices_equal_one_device(arch):
     # In float32 the two differ by rounding of the cross-device sums, which batch norm's
@@ -87,6 +89,7 @@ def test_four_devices_equal_one_device(arch):
                  four.variables(), one.variables())
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_the_full_batch():
     model, train, data = tiny(), train_config(), batch(8)
     full, _ = run_steps(model, train, data, count=2, devices=jax.devices()[:1])
@@ -95,6 +98,7 @@ def test_gradient_accumulation_equals_the_full_batch():
                  accumulated.params, full.params)
 
 
+@pytest.mark.slow
 def test_frozen_backbone_moves_only_the_head_and_keeps_bn_statistics():
     model, data = tiny("vgg11_bn"), batch()
     train = train_config(backbone_lr_multiplier=0.0)
@@ -108,6 +112,7 @@ def test_frozen_backbone_moves_only_the_head_and_keeps_bn_statistics():
     jax.tree.map(np.testing.assert_array_equal, state.batch_stats, initial.batch_stats)
 
 
+@pytest.mark.slow
 def test_frozen_backbone_gives_fc8_the_full_gradient_update():
     # Cutting the gradient below fc8 changes which gradients are computed, not fc8's own.
     model, data = tiny(), batch()

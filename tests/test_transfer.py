@@ -33,6 +33,7 @@ def save_pretrained(directory, num_classes=1000):
     return variables
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config_module, classes", [(cats_vs_dogs, 2), (flowers, 5)])
 def test_transfer_configs_train_a_new_head_on_mock_data(tmp_path, monkeypatch, config_module, classes):
     # The configs start from `pretrained:vgg16`: a weight cache that already holds it is used
@@ -59,6 +60,7 @@ def test_transfer_configs_train_a_new_head_on_mock_data(tmp_path, monkeypatch, c
     assert not np.array_equal(tuned["params"]["conv1_1"]["kernel"], pretrained["params"]["conv1_1"]["kernel"])
 
 
+@pytest.mark.slow
 def test_new_head_on_a_digits_trained_backbone_learns(tmp_path):
     config = default.get_config()
     config.model.width = 0.125

@@ -578,6 +578,7 @@ def outcomes(tmp_path_factory, hdf5_plugin):
     return cases, json.loads(done.stdout.splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_the_filler_files_alone_import(outcomes):
     """Catches attack files that are refused for something else than their attack: without it,
     the files import (so each refusal below is the attack's)."""
@@ -586,6 +587,7 @@ def test_the_filler_files_alone_import(outcomes):
         assert (results[clean]["code"], results[clean]["stderr"], results[clean]["wrote"]) == (0, "", True), results[clean]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attack", ATTACKS)
 def test_a_crafted_file_is_refused_in_one_line_and_nothing_is_written(attack, outcomes):
     """Catches each attack of issues 21 and 25 getting through (an import, a traceback, a crash,

@@ -155,6 +155,7 @@ def test_torchvision_small_head_logits_match_torch(arch, tmp_path):
     assert_logits_match(torch_logits(reference, images), model, variables, images)
 
 
+@pytest.mark.slow
 def test_torchvision_vgg16_full_size_logits_match_torch(tmp_path):
     reference = TorchvisionVGG("vgg16")
     torch.save(reference.state_dict(), tmp_path / "vgg16.pth")
@@ -226,6 +227,7 @@ def caffe_input(keras, size, seed=3):
     return keras.applications.vgg16.preprocess_input(rgb)  # BGR, ImageNet mean subtracted
 
 
+@pytest.mark.slow
 def test_keras_vgg16_legacy_h5_logits_match_keras(keras, tmp_path):
     net = keras_vgg(keras, "VGG16")
     write_legacy_keras_h5(net, tmp_path / "vgg16.h5")
@@ -321,6 +323,7 @@ def test_missing_and_unexpected_keys_are_named(tmp_path):
 
 # --- CLI -----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_cli_writes_a_model_directory_with_a_new_classifier(tmp_path, capsys):
     reference = TorchvisionVGG("vgg11", window=1, num_classes=10)
     torch.save(reference.state_dict(), tmp_path / "vgg11.pth")

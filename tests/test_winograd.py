@@ -47,6 +47,7 @@ def test_winograd_and_its_gradients_equal_direct_convolution_in_float64(m):
                                        * error_growth(m) * scale)
 
 
+@pytest.mark.slow
 def test_winograd_vgg_matches_direct_within_its_rounding(monkeypatch):
     # A small vgg11 with every 3x3 layer on Winograd (the size thresholds are for VGG's real
     # widths). Worst relative errors measured: logits ~1e-6, gradients ~1e-5 of their scale.

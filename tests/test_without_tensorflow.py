@@ -26,6 +26,7 @@ def run_without_tensorflow(*args, **kwargs):
                           capture_output=True, text=True, **kwargs)
 
 
+@pytest.mark.slow
 def test_the_core_imports_without_tensorflow():
     """Catches a module-level `import tensorflow` (or clu, tfds) in the model, training,
     evaluation, features, LPIPS, NNX, weights or the pipeline's modules."""
@@ -35,6 +36,7 @@ def test_the_core_imports_without_tensorflow():
     assert run.returncode == 0, run.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_a_tfds_source_without_tensorflow_is_one_error_line(tmp_path):
     """Catches a traceback (or a silent fallback) where a tensorflow-datasets source is asked for
     without TensorFlow: train.py must end with one `error:` line naming the extra."""
@@ -64,6 +66,7 @@ print("read without tensorflow")
 """
 
 
+@pytest.mark.slow
 def test_digits_folders_and_imagenet_folders_read_without_tensorflow(tmp_path):
     """Catches a TensorFlow import (or a tf.data fallback) on the default data path: the digits,
     a folder and an ImageNet layout (train/ and val/ class folders) give batches with TF blocked."""
@@ -75,6 +78,7 @@ def test_digits_folders_and_imagenet_folders_read_without_tensorflow(tmp_path):
     assert run.returncode == 0 and "read without tensorflow" in run.stdout, run.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_the_dry_run_trains_resumes_and_evaluates_without_tensorflow(tmp_path):
     """The device check's --cpu-dry-run (TensorFlow blocked): catches any section that fails or
     overruns, and in (d) a train.py run on the synthetic source that does not stop and save on

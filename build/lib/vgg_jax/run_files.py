@@ -1,0 +1,132 @@
+"""What a training run keeps in its workdir besides the arrays, and what may change on resume.
+
+  config.json        the run's config (the first run's; a resume may change the learning rate only)
+  results.json       the final metrics, best step, learning-rate drops and why the run ended
+  checkpoint 'meta'  `Progress`: the host-side record saved with every step
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Any
+
+import jax
+import ml_collections
+
+from vgg_jax import checkpoints, configuration, steps
+
+log = logging.getLogger("vgg_jax.train")
+
+
+@dataclasses.dataclass
+class Progress:
+    """The host-side record a checkpoint carries besides the state (its 'meta' item)."""
+    spec: checkpoints.ModelSpec
+    best_top1: float = -1.0  # plateau tracking: best validation top-1 so far
+    evals_without_gain: int = 0
+    lr_drops: list = dataclasses.field(default_factory=list)  # [{"step", "learning_rate"}]
+    last_eval: dict = dataclasses.field(default_factory=dict)  # the newest validation metrics
+    stopped: str | None = None  # why training ended before num_steps (paper's schedule)
+
+    def meta(self) -> dict:
+        return {**dataclasses.asdict(self), "spec": self.spec.to_dict()}
+
+    def eval_metrics(self) -> dict:
+        """The newest validation metrics, as orbax records them to rank checkpoints."""
+        return {k: v for k, v in self.last_eval.items() if k.startswith("val_")}
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> "Progress":
+        fields = {k: v for k, v in meta.items() if k in {f.name for f in dataclasses.fields(cls)}}
+        return cls(**{**fields, "spec": checkpoints.ModelSpec.from_dict(meta["spec"])})
+
+
+# Config fields whose change on resume would change which examples the run sees, or its schedule.
+REFUSED_CHANGES = ("train.batch_size", "train.seed", "train.accum_steps", "train.schedule", "train.step_epochs",
+                   "data.source", "data.data_dir", "data.train_split")
+
+
+def check_config_changes(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """Refuses a resume whose config changes the example order or the schedule's kind; the
+    learning rate may change (applied by apply_config_changes, and logged)."""
+    previous = read_run_config(workdir)
+    changed = [(field, old, new) for field, old, new in config_differences(previous, config)
+               if field in REFUSED_CHANGES]
+    if changed:
+        listing = ", ".join(f"{field} {old!r} -> {new!r}" for field, old, new in changed)
+        raise checkpoints.CheckpointError(
+            f"{workdir} was trained with another config ({listing}); resuming would change the "
+            "examples or schedule it sees. Use the run's values or another --workdir")
+
+
+def apply_config_changes(workdir: str, config: ml_collections.ConfigDict, state: steps.TrainState) -> steps.TrainState:
+    """A changed train.learning_rate is applied from the resume step on (plateau schedule:
+    it replaces the current, possibly divided, rate)."""
+    previous = read_run_config(workdir)
+    for field, old, new in config_differences(previous, config):
+        if field == "train.learning_rate":
+            log.warning("train.learning_rate changed from %g to %g since the last run: using %g from "
+                        "step %d on", old, new, new, int(state.step))
+            state = steps.with_learning_rate(state, new) if config.train.schedule == "plateau" else state
+    return state
+
+
+def config_differences(previous: dict | None, config: ml_collections.ConfigDict) -> list[tuple[str, Any, Any]]:
+    if previous is None:
+        return []
+    current = json.loads(config.to_json_best_effort())
+    fields = [*REFUSED_CHANGES, "train.learning_rate"]
+    differences = []
+    for field in fields:
+        section, name = field.split(".")
+        old, new = previous.get(section, {}).get(name), current[section][name]
+        if old is not None and old != new:
+            differences.append((field, old, new))
+    return differences
+
+
+def read_run_config(workdir: str) -> dict | None:
+    """The config.json a training run left in `workdir` (renamed fields under their new names);
+    None where there is none (a model directory, a weight file); a ValueError naming the file if
+    it cannot be read."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            return configuration.upgraded(json.load(f))
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"cannot read {path}: {error}") from error
+
+
+def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+
+
+def write_results(workdir: str, results: dict) -> None:
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "results.json"), "w") as f:
+            json.dump(results, f, indent=2)
+
+
+def read_results(workdir: str) -> dict:
+    path = os.path.join(workdir, "results.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def check_same_model(meta: dict, spec: checkpoints.ModelSpec, workdir: str) -> None:
+    found = checkpoints.ModelSpec.from_dict(meta["spec"])
+    ours = (spec.arch, spec.model_kwargs["num_classes"], spec.model_kwargs["width"], spec.model_kwargs["image_size"])
+    theirs = (found.arch, found.model_kwargs["num_classes"], found.model_kwargs["width"], found.model_kwargs["image_size"])
+    if ours != theirs:
+        raise checkpoints.CheckpointError(
+            f"{workdir} holds a checkpoint of a different model (arch, classes, width, image_size) "
+            f"= {theirs}, but the config asks for {ours}; use another --workdir")

@@ -1,0 +1,294 @@
+"""The training loop and its phases: set up, restore or initialise, step, and every N steps
+report, validate (with the paper's plateau schedule) and checkpoint; stop on a signal; finish.
+
+The steps and the optimiser are in `steps`, the run's files and resume policy in `run_files`,
+pre-initialisation in `preinit`, progress lines in `reporting`.
+Batches arrive as uint8 pixels; the steps flip, colour-shift and normalise them on the device
+(`augmentation`), and the next batches are already on the devices while a step runs
+(`sharding.prefetch_to_mesh`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+import signal
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+import vgg_jax
+from vgg_jax import (augmentation, checkpoints, compilation, configuration, input_pipeline, preinit, reporting,
+                     run_files, sharding, steps, weights)
+from vgg_jax.normalization import Normalization
+from vgg_jax.run_files import Progress
+from vgg_jax.steps import TrainState
+from vgg_jax.tensorboard_writer import ScalarWriter
+
+log = logging.getLogger("vgg_jax.train")
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or Inf."""
+
+
+# What a user can fix (config values, workdirs, disks, a diverging rate): the CLIs print these
+# as one `error:` line; anything else is a bug and keeps its traceback. An OSError always names
+# a file and what the system refused (a read-only workdir, a full disk for config.json).
+USER_ERRORS = (configuration.ConfigError, checkpoints.CheckpointError, checkpoints.CheckpointSaveError,
+               weights.WeightsError, NonFiniteLoss, OSError)
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int) -> vgg_jax.VGG:
+    kwargs = model_kwargs(config, num_classes)
+    return vgg_jax.create_model(config.model.arch, **{**kwargs, "dtype": jnp.dtype(kwargs["dtype"])})
+
+
+def model_kwargs(config: ml_collections.ConfigDict, num_classes: int) -> dict:
+    """The JSON-able VGG fields a checkpoint records."""
+    m = config.model
+    return {"num_classes": num_classes, "width": m.width, "image_size": m.image_size,
+            "dropout_rate": m.dropout_rate, "init_scheme": m.init_scheme, "dtype": m.dtype, "remat": m.remat,
+            "conv_algorithm": m.conv_algorithm}
+
+
+@dataclasses.dataclass
+class Run:
+    """What the phases of a training run share: built once from the config and workdir."""
+    config: ml_collections.ConfigDict
+    workdir: str
+    model: vgg_jax.VGG
+    tx: optax.GradientTransformation
+    mesh: Any
+    info: input_pipeline.DatasetInfo
+    steps_per_epoch: int
+    num_steps: int
+    manager: Any
+
+    @property
+    def eval_every(self) -> int:
+        return max(1, int(self.config.train.eval_every_epochs * self.steps_per_epoch))
+
+
+class StopRequest:
+    """Turns SIGTERM and Ctrl-C into a flag the loop checks, so it can save before exiting."""
+
+    def __init__(self):
+        self.signal = None
+
+    def __enter__(self):
+        self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def handle(self, signum, frame):
+        self.signal = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+def agreed_stop(local_signal: str | None) -> str | None:
+    """The stop decision every process takes together: a signal to any one process stops all
+    of them at the same step (else the others would wait forever in the next all-reduce)."""
+    if jax.process_count() == 1:
+        return local_signal
+    from jax.experimental import multihost_utils
+
+    flags = multihost_utils.process_allgather(np.int32(local_signal is not None))
+    if not np.any(flags):
+        return None
+    return local_signal or f"a signal to process {int(np.argmax(flags))}"
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains per `config`, checkpointing into and resuming from `workdir`; returns the final
+    metrics (also in workdir/results.json). A finished workdir is left as it is."""
+    configuration.validate(config)
+    run = setup(config, os.path.abspath(workdir))
+    writer = None
+    try:
+        state, progress = restore_or_initialise(run)
+        if int(state.step) >= run.num_steps or progress.stopped:
+            log.info("%s has finished (step %d of %d%s); its results are in results.json. Raise "
+                     "train.num_steps or train.num_epochs to train further", run.workdir, int(state.step),
+                     run.num_steps, f", {progress.stopped}" if progress.stopped else "")
+            return run_files.read_results(run.workdir)
+        run_files.write_config(run.workdir, run.config)
+        writer = ScalarWriter(run.workdir if jax.process_index() == 0 else None)  # TensorBoard events
+        state, progress, outcome = train_loop(run, state, progress, writer)
+        checkpoints.finish_saving(run.manager)
+        results = final_results(run, state, progress, outcome)
+        run_files.write_results(run.workdir, results)
+        return results
+    finally:
+        if writer is not None:
+            writer.close()
+        checkpoints.close_quietly(run.manager)
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
+    os.makedirs(workdir, exist_ok=True)
+    info = input_pipeline.dataset_info(config.data)
+    model = build_model(config, config.model.num_classes or info.num_classes)
+    steps_per_epoch = max(1, info.num_train // config.train.batch_size)
+    return Run(config, workdir, model, steps.make_optimizer(config.train, steps_per_epoch), sharding.data_mesh(),
+               info, steps_per_epoch, steps.total_steps(config.train, steps_per_epoch),
+               checkpoints.open_manager(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints))
+
+
+def restore_or_initialise(run: Run) -> tuple[TrainState, Progress]:
+    """The newest readable checkpoint of the workdir, else a fresh (or pre-initialised) state.
+    Unreadable newer steps are logged, set aside and skipped."""
+    config = run.config
+    for step in sorted(run.manager.all_steps(), reverse=True):
+        try:
+            state, progress = restore(run, step)
+        except checkpoints.UnreadableCheckpoint as error:  # damaged, truncated or partial files
+            moved = checkpoints.set_aside(run.manager.directory, step)
+            log.warning("%s; moved it to %s, trying the step before", error, moved)
+            run.manager.reload()
+            continue
+        log.info("resumed from %s at step %d", run.workdir, step)
+        return sharding.replicate(run_files.apply_config_changes(run.workdir, run.config, state), run.mesh), progress
+    variables, normalization = preinit.initial_variables(config, run.model)
+    normalization = normalization or Normalization(tuple(config.data.mean_rgb), tuple(config.data.std_rgb))
+    spec = checkpoints.ModelSpec(config.model.arch, model_kwargs(config, run.model.num_classes),
+                                 run.info.class_names, normalization)
+    state = steps.create_train_state(run.model, run.tx, config.train.seed, variables)
+    return sharding.replicate(state, run.mesh), Progress(spec)
+
+
+def restore(run: Run, step: int) -> tuple[TrainState, Progress]:
+    """Raises UnreadableCheckpoint for damaged files, CheckpointError for another model or a
+    refused config change (which the user decides on)."""
+    root = run.manager.directory
+    with checkpoints.read_errors(root, step):
+        meta = checkpoints.read_meta(root, step)
+        progress = Progress.from_meta(meta)
+    spec = checkpoints.ModelSpec(run.config.model.arch, model_kwargs(run.config, run.model.num_classes))
+    run_files.check_same_model(meta, spec, run.workdir)
+    run_files.check_config_changes(run.workdir, run.config)
+    template = jax.eval_shape(lambda v: steps.create_train_state(run.model, run.tx, run.config.train.seed, v),
+                              checkpoints.abstract_variables(run.model))
+    with checkpoints.read_errors(root, step):  # same model and optimiser: a failure here is damage
+        state = checkpoints.read_state(root, step, sharding.replicated(run.mesh), target=template)
+    return state, progress
+
+
+def train_loop(run: Run, state: TrainState, progress: Progress, writer) -> tuple[TrainState, Progress, dict]:
+    """Steps until num_steps, a stop signal or the paper's schedule ends; returns the state,
+    the progress record and the outcome (last train metrics, the signal if any)."""
+    train = run.config.train
+    normalization = progress.spec.normalization
+    step_fn = steps.jitted_train_step(run.model, run.tx, train,
+                                      augmentation.train_augmentation(run.config.data, normalization, train.seed))
+    eval_fn = compilation.jit(functools.partial(steps.eval_step, model=run.model, normalization=normalization))
+    batches = sharding.prefetch_to_mesh(input_pipeline.train_batches(
+        run.config.data, global_batch_size=train.batch_size, seed=train.seed, start_step=int(state.step)), run.mesh)
+    pending: list[tuple[int, dict]] = []  # device metrics, checked before anything is saved
+    step = int(state.step)  # counted on the host from here: no device sync per step
+    rate = reporting.Throughput(step, train.batch_size)
+    outcome = {"signal": None, "train": {}}
+    with StopRequest() as stop:
+        while step < run.num_steps:
+            state, step_metrics = step_fn(state, next(batches))
+            step += 1
+            pending.append((step, step_metrics))
+            evaluate_now = step % run.eval_every == 0 or step == run.num_steps
+            save_now = evaluate_now or (train.checkpoint_every_steps and step % train.checkpoint_every_steps == 0)
+            check_now = save_now or step % train.log_every == 0
+            # Every process reaches the same check steps: there they agree on stopping.
+            signalled = agreed_stop(stop.signal) if (check_now or jax.process_count() == 1) else None
+            if not (check_now or signalled):
+                continue
+            outcome["train"] = check_finite(pending)
+            pending.clear()
+            log_progress(step, run, outcome["train"], state, rate)
+            writer.write_scalars(step, {f"train_{k}": v for k, v in outcome["train"].items()}
+                                 | {"learning_rate": steps.current_learning_rate(state)})
+            with rate.paused():
+                if evaluate_now:
+                    state, progress = evaluate_and_schedule(run, state, progress, step, eval_fn, writer)
+                if save_now or signalled or progress.stopped:
+                    checkpoints.save(run.manager, step, state, progress.meta(),
+                                     progress.eval_metrics() if evaluate_now else None)
+            if signalled:
+                log.warning("%s received: saved step %d, exiting", signalled, step)
+                outcome["signal"] = signalled
+                break
+            if progress.stopped:
+                log.info("stopping at step %d: %s", step, progress.stopped)
+                break
+    return state, progress, outcome
+
+
+def evaluate_and_schedule(run: Run, state: TrainState, progress: Progress, step: int, eval_fn,
+                          writer) -> tuple[TrainState, Progress]:
+    """Validation at `step`, recorded in `progress`; on a plateau, the paper's schedule."""
+    train = run.config.train
+    val = steps.validate(state.variables(), eval_fn, run.config.data, batch_size=train.eval_batch_size, mesh=run.mesh)
+    writer.write_scalars(step, val)
+    log.info("step %d  val top1 %.4f  top5 %.4f  loss %.4f", step, val["val_top1"], val["val_top5"], val["val_loss"])
+    progress = dataclasses.replace(progress, last_eval={"step": step, **val})
+    if train.schedule == "plateau":
+        state, progress = on_plateau(state, progress, val["val_top1"], train, step)
+    return state, progress
+
+
+def on_plateau(state: TrainState, progress: Progress, accuracy: float, train, step: int) -> tuple[TrainState, Progress]:
+    """Divide the learning rate by 10 when validation accuracy stops improving, at most
+    `train.max_lr_drops` times; at the plateau after the last drop, stop (Sec. 3.1)."""
+    if accuracy > progress.best_top1 + train.plateau_min_delta:
+        return state, dataclasses.replace(progress, best_top1=accuracy, evals_without_gain=0)
+    waited = progress.evals_without_gain + 1
+    if waited < train.plateau_patience:
+        return state, dataclasses.replace(progress, evals_without_gain=waited)
+    if len(progress.lr_drops) >= train.max_lr_drops:
+        return state, dataclasses.replace(progress, evals_without_gain=waited, stopped=(
+            f"validation accuracy plateaued at {progress.best_top1:.4f} after {len(progress.lr_drops)} "
+            "learning-rate drops"))
+    rate = steps.current_learning_rate(state) * train.plateau_factor
+    log.info("validation accuracy plateaued at %.4f: learning rate -> %g (drop %d of at most %d)",
+             progress.best_top1, rate, len(progress.lr_drops) + 1, train.max_lr_drops)
+    drops = [*progress.lr_drops, {"step": step, "learning_rate": rate}]
+    return steps.with_learning_rate(state, rate), dataclasses.replace(progress, evals_without_gain=0, lr_drops=drops)
+
+
+def final_results(run: Run, state: TrainState, progress: Progress, outcome: dict) -> dict:
+    """What results.json records: the run's last train and validation metrics, its best step,
+    the schedule's drops, and why it ended."""
+    best_step = checkpoints.default_step(run.manager.directory)
+    metrics = checkpoints.step_metrics(run.manager.directory).get(best_step) or {}
+    return {"step": int(state.step), **{f"train_{k}": v for k, v in outcome["train"].items()},
+               **progress.last_eval, "val_step": progress.last_eval.get("step"),
+               "best_step": best_step, "best_val_top1": metrics.get(checkpoints.BEST_METRIC),
+               "learning_rate": steps.current_learning_rate(state), "lr_drops": progress.lr_drops,
+               "stopped": progress.stopped, "interrupted": outcome["signal"],
+               # unreadable files this run's streams skipped (those of earlier runs are in their logs)
+               "skipped_files": {split: input_pipeline.skipped_count(run.config.data, split)
+                                 for split in (run.config.data.train_split, run.config.data.eval_split)}}
+
+
+def check_finite(pending: list[tuple[int, dict]]) -> dict[str, float]:
+    """Means of the pending step metrics; raises naming the first step whose loss is NaN/Inf."""
+    host = [(step, jax.tree.map(float, m)) for step, m in jax.device_get(pending)]  # one transfer for all
+    for step, metrics in host:
+        if not np.isfinite(metrics["loss"]):
+            raise NonFiniteLoss(f"the training loss is {metrics['loss']} at step {step}; "
+                                "stopped without saving, the last good checkpoint is intact")
+    return {key: float(np.mean([m[key] for _, m in host])) for key in host[0][1]}
+
+
+def log_progress(step: int, run: Run, metrics: dict, state: TrainState, rate: reporting.Throughput) -> None:
+    images_per_second = rate.images_per_second(step)
+    eta = (run.num_steps - step) * run.config.train.batch_size / max(images_per_second, 1e-9)
+    log.info("step %d/%d  epoch %.2f  loss %.4f  top1 %.4f  lr %.3g  %.1f img/s  ETA %s",
+             step, run.num_steps, step / run.steps_per_epoch, metrics["loss"], metrics["top1"],
+             steps.current_learning_rate(state), images_per_second, reporting.format_duration(eta))
