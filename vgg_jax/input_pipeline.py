@@ -58,6 +58,10 @@ MAX_LOGGED_PATHS = 10
 FILL_CHUNK = 64  # folder train streams: examples checked for unreadable files at a time
 
 
+class DatasetError(ValueError):
+    """A dataset that cannot train: a missing, empty or unreadable folder or class; the message names it."""
+
+
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
     num_classes: int
@@ -295,14 +299,36 @@ def _class_files(root: str, class_names: list[str] | None = None) -> tuple[list[
     if class_names is None:
         class_names = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
     if len(class_names) < 2:
-        raise ValueError(f"folder dataset {root} needs at least two class sub-folders, found {class_names}")
-    files = {}
-    for name in class_names:
-        folder = os.path.join(root, name)
-        files[name] = sorted(os.path.join(folder, f) for f in os.listdir(folder) if not f.startswith("."))
-        if not files[name]:
-            raise ValueError(f"class folder {folder} is empty")
-    return class_names, files
+        raise DatasetError(f"folder dataset {root} needs at least two class sub-folders, found {class_names}")
+    return class_names, {name: _class_folder_files(os.path.join(root, name)) for name in class_names}
+
+
+# The formats tf.io.decode_image recognises, by their first bytes (it looks at nothing else).
+IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"\xff\x0a", b"\0\0\0\x0cJXL ")  # + WebP below
+
+
+def _looks_like_an_image(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        return False
+    return head.startswith(IMAGE_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+
+
+def _class_folder_files(folder: str) -> list[str]:
+    """The files of one class folder; DatasetError if it has none, or none that the decoder could
+    read (checked by signature until one passes: one file per class in a sound dataset; damaged
+    files of a readable class are skipped and counted as they are read)."""
+    if not os.path.isdir(folder):
+        raise DatasetError(f"class folder {folder} does not exist")
+    files = sorted(os.path.join(folder, f) for f in os.listdir(folder) if not f.startswith("."))
+    if not files:
+        raise DatasetError(f"class folder {folder} is empty: every class needs images")
+    if not any(_looks_like_an_image(path) for path in files):
+        raise DatasetError(f"class folder {folder}: none of its {len(files)} files is an image "
+                           "(JPEG, PNG, GIF, BMP, WebP or JPEG XL) or readable")
+    return files
 
 
 def _folder_split(files: dict[str, list[str]], class_names: list[str]) -> _IndexedSplit:
@@ -315,12 +341,12 @@ def _folder_split(files: dict[str, list[str]], class_names: list[str]) -> _Index
 @functools.lru_cache(maxsize=None)
 def _load_folder_split(root: str, split: str, train_split: str, val_fraction: float) -> _IndexedSplit:
     if not os.path.isdir(root):
-        raise ValueError(f"folder dataset {root} does not exist: give data.source='folder:PATH' with "
+        raise DatasetError(f"folder dataset {root} does not exist: give data.source='folder:PATH' with "
                          "PATH holding one sub-folder per class (or train/ and val/ holding them)")
     if os.path.isdir(os.path.join(root, train_split)):  # PATH/train, PATH/val, ... hold the classes
         class_names, _ = _class_files(os.path.join(root, train_split))
         if not os.path.isdir(os.path.join(root, split)):
-            raise ValueError(f"folder dataset {root} has no {split}/ sub-folder")
+            raise DatasetError(f"folder dataset {root} has no {split}/ sub-folder")
         _, files = _class_files(os.path.join(root, split), class_names)
         return _folder_split(files, class_names)
     class_names, files = _class_files(root)
