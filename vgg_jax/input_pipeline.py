@@ -511,7 +511,7 @@ def _report_epochs(batches: Iterator[dict], split, start_step: int, global_batch
     for step, batch in enumerate(batches, start_step):
         batch = _record_failures(batch, split)
         if not batch.pop("mask", np.True_).all():
-            raise ValueError(f"{TRAIN_ATTEMPTS} files in a row of the training order are unreadable "
+            raise DatasetError(f"{TRAIN_ATTEMPTS} files in a row of the training order are unreadable "
                              f"(e.g. {split.skipped.paths[:3]}): check the dataset's files")
         if step * global_batch_size // num_examples > epoch:
             epoch = step * global_batch_size // num_examples
