@@ -78,7 +78,7 @@ def kill_one(workdir, victim, after_step) -> tuple[subprocess.Popen, float]:
             process.wait()
 
 
-def test_two_processes_train_and_write_one_checkpoint(tmp_path):
+def test_two_processes_train_stop_together_and_end_cleanly_when_one_is_lost(tmp_path):
     finish(start_pair(tmp_path), tmp_path)
     results = json.load(open(tmp_path / "results.json"))
     assert results["step"] == NUM_STEPS and results["val_count"] == 360  # each test digit once
@@ -102,19 +102,16 @@ def test_two_processes_train_and_write_one_checkpoint(tmp_path):
     assert stopped_at < NUM_STEPS and "SIGTERM" in texts[1] and "a signal to process 1" in texts[0]
     assert json.load(open(interrupted / "results.json"))["step"] == stopped_at
 
-    finish(start_pair(interrupted), interrupted)  # the resumed pair ends where the uninterrupted one did
-    resumed, _, step = checkpoints.load_variables(interrupted)
-    assert step == NUM_STEPS
-    jax.tree.map(np.testing.assert_array_equal, resumed, variables)
-
     # kill -9 of process 1 in the loop: process 0 ends at once with one line naming it and the
     # newest committed step (issue 26: a traceback, a hang in jax.distributed's shutdown, SIGABRT
-    # after 85 s). The coordinator's loss: bounded, but jaxlib's client may abort first (see README).
-    survivor, seconds = kill_one(interrupted, victim=1, after_step=NUM_STEPS)
+    # after 85 s). The coordinator's loss was measured by hand: jaxlib may abort first (README).
+    survivor, seconds = kill_one(interrupted, victim=1, after_step=stopped_at)
     last = logs(interrupted)[0].strip().splitlines()[-1]
     assert survivor.returncode == 1 and seconds < 30, (survivor.returncode, seconds)
     assert last.startswith("error: lost process 1: a collective with it failed (") and last.endswith(
-        f"the newest committed step in {interrupted / 'checkpoints'} is {NUM_STEPS}: restart every process to "
-        "resume from it"), last
-    survivor, seconds = kill_one(interrupted, victim=0, after_step=NUM_STEPS)
-    assert survivor.returncode != 0 and seconds < 60, (survivor.returncode, seconds)
+        f"the newest committed step in {root} is {stopped_at}: restart every process to resume from it"), last
+
+    finish(start_pair(interrupted), interrupted)  # the restarted pair ends where the uninterrupted one did
+    resumed, _, step = checkpoints.load_variables(interrupted)
+    assert step == NUM_STEPS
+    jax.tree.map(np.testing.assert_array_equal, resumed, variables)
