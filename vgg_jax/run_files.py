@@ -145,9 +145,14 @@ def write_results(workdir: str, results: dict) -> None:
 def write_atomically(path: str, text: str) -> None:
     """Readers (and a run killed while writing) see the old file or the new one, never a part."""
     partial = f"{path}.partial"
-    with open(partial, "w") as f:
-        f.write(text)
-    os.replace(partial, path)
+    try:
+        with open(partial, "w") as f:
+            f.write(text)
+        os.replace(partial, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.remove(partial)
+        raise
 
 
 @contextlib.contextmanager

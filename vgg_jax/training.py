@@ -301,7 +301,8 @@ def save(run: Run, step: int, state: TrainState, progress: Progress, evaluated: 
     """A checkpoint of `step`, and config.json with it: the settings of the newest saved step (a
     run that diverges before its first save leaves the previous run's)."""
     checkpoints.save(run.manager, step, state, progress.meta(), progress.eval_metrics() if evaluated else None)
-    run_files.write_config(run.workdir, run.config)
+    with checkpoints.save_errors(run.manager.directory):  # a full disk: named as for the checkpoint
+        run_files.write_config(run.workdir, run.config)
 
 
 def evaluate_and_schedule(run: Run, state: TrainState, progress: Progress, step: int, eval_fn,
