@@ -57,7 +57,8 @@ USER_ERRORS = (configuration.ConfigError, checkpoints.CheckpointError, checkpoin
 DIVERGENCE_FACTOR = 10.0
 
 # How a failed collective reads (CPU: gloo; any backend: jax.distributed's barriers, which orbax's
-# multi-process saves use). NCCL is not listed: an NCCL peer loss hangs until the heartbeat timeout.
+# multi-process saves use). NCCL's and ICI's wordings are not listed: untested here; a GPU or TPU
+# job that loses a process ends by jax's heartbeat timeout instead (sharding.HEARTBEAT_TIMEOUT).
 COLLECTIVE_FAILURE = re.compile(r"Gloo \w+ failed|Barrier (timed out|failed)|heartbeat timeout|stopped sending heartbeats")
 
 
@@ -200,12 +201,14 @@ def closed_unless_lost(manager):
 def lost_process(error: Exception, root) -> LostProcess | None:
     """LostProcess naming the process this one lost contact with and the newest committed step,
     if `error` (or its cause) is a failed collective of a multi-process job; else None."""
+    if jax.process_count() == 1:
+        return None
     chain, seen = [], error
     while seen is not None:
         chain.append(str(seen))
         seen = seen.__cause__ or seen.__context__
     failure = next((text for text in chain if COLLECTIVE_FAILURE.search(text)), None)
-    if jax.process_count() == 1 or failure is None:
+    if failure is None:
         return None
     others = [i for i in range(jax.process_count()) if i != jax.process_index()]
     lost = (f"process {others[0]}" + (" (the coordinator)" if others[0] == 0 else "") if len(others) == 1
