@@ -45,6 +45,11 @@ def main(argv):
         results = training.train_and_evaluate(flags.FLAGS.config, workdir)
     except training.USER_ERRORS as error:  # what the user can fix gets one line; bugs keep their traceback
         sys.exit(f"error: {error}")
+    except training.LostProcess as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        # Now, before jax.distributed's shutdown at exit waits for the lost process (up to its
+        # shutdown timeout) and its coordination client then aborts with a C++ stack trace.
+        os._exit(1)
     logging.info("done: %s", results)
 
 

@@ -6,6 +6,8 @@ import json
 import logging
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import uuid
@@ -15,8 +17,9 @@ import numpy as np
 import pytest
 
 from configs import default
+from test_input_pipeline import write_image
 from test_training import quick_config
-from vgg_jax import checkpoints, compilation, configuration, reporting, run_files, steps, training
+from vgg_jax import checkpoints, compilation, configuration, input_pipeline, reporting, run_files, steps, training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -65,6 +68,111 @@ def test_a_finished_run_is_left_alone_and_continues_when_the_budget_grows(tmp_pa
     config.train.num_steps = 8
     assert training.train_and_evaluate(config, str(tmp_path))["step"] == 8
     assert json.loads(results_file.read_text())["step"] == 8
+
+
+# --- the end of a run: signals, results.json --------------------------------------------------
+
+@pytest.mark.parametrize("moment", ["finish_saving", "write_results"])
+def test_a_sigterm_after_the_last_step_still_leaves_results(moment, tmp_path, monkeypatch):
+    """Catches signal handlers that are gone once the loop returns (issue 26): a SIGTERM while
+    the final save was awaited or results.json written killed the run without results.json.
+    The test's own handler stands for the default one (death) and records the signal if it gets it."""
+    module = checkpoints if moment == "finish_saving" else run_files
+    original = getattr(module, moment)
+
+    def signalled_then(*args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return original(*args)
+    monkeypatch.setattr(module, moment, signalled_then)
+    unhandled = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: unhandled.append(signum))
+    try:
+        results = training.train_and_evaluate(quick_config(num_steps=4, eval_every_epochs=100), str(tmp_path))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert not unhandled
+    assert results["step"] == 4 and json.loads((tmp_path / "results.json").read_text()) == results
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbage"])
+def test_a_finished_workdir_without_readable_results_rebuilds_them(damage, tmp_path, monkeypatch, caplog):
+    """Catches a finished workdir whose results.json was lost (a kill -9 between the final save
+    and results.json) answering `done: {}` for good, a garbage results.json ending in a traceback,
+    and the steps such a kill leaves: orbax deletes old steps only after committing the newest,
+    here steps 2 and 6 of a run saved with a larger keep_checkpoints."""
+    scripted_validation(monkeypatch, [0.9, 0.5, 0.6])  # evaluations at steps 4, 8, 12: the best is 4
+    config = quick_config(num_steps=12, eval_every_epochs=4 / 44, checkpoint_every_steps=2, keep_checkpoints=6)
+    first = training.train_and_evaluate(config, str(tmp_path))
+    results_file = tmp_path / "results.json"
+    if damage == "missing":
+        results_file.unlink()
+    else:
+        results_file.write_text('{"step": 1')
+    config.train.keep_checkpoints = 3
+    with caplog.at_level(logging.INFO, logger="vgg_jax.train"):
+        rebuilt = training.train_and_evaluate(config, str(tmp_path))
+    assert rebuilt == {**first, "skipped_files": None} == json.loads(results_file.read_text())
+    assert f"cannot read {results_file}" in caplog.text and "rebuilt it from the checkpoints' stored metrics" in caplog.text
+    assert sorted(checkpoints.step_metrics(checkpoints.model_root(tmp_path))) == [4, 8, 10, 12]
+
+
+# --- one run per workdir ---------------------------------------------------------------------
+
+HOLD_LOCK = ("import sys, time; from vgg_jax import run_files\nwith run_files.workdir_lock(sys.argv[1]):\n"
+             "    print('locked', flush=True); time.sleep(600)")
+
+
+def test_a_second_run_on_a_workdir_stops_at_once_and_a_killed_runs_lock_does_not_block(tmp_path):
+    """Catches two runs training in one workdir (issue 26: duplicate curves, or one dying on the
+    other's files), a refusal that does not name the other run's host and pid or is not one
+    line, and a lock that outlives its holder (kill -9) and blocks the workdir for good."""
+    workdir = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(workdir)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        completed = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), f"--workdir={workdir}",
+                                    "--config.model.width=0.125", "--config.train.num_steps=1"],
+                                   cwd=ROOT, capture_output=True, text=True, timeout=300)
+    finally:
+        holder.kill()  # SIGKILL: no chance to release the lock
+        holder.wait()
+    assert completed.returncode == 1 and "Traceback" not in completed.stderr
+    last = completed.stderr.strip().splitlines()[-1]
+    assert last == (f"error: {workdir} is in use by another training run (host {socket.gethostname()} pid "
+                    f"{holder.pid}, lock {workdir / 'train.lock'}); wait for it to end or give another --workdir")
+    assert os.listdir(workdir) == ["train.lock"]
+    assert training.train_and_evaluate(quick_config(num_steps=1, eval_every_epochs=100), str(workdir))["step"] == 1
+
+
+# --- divergence ------------------------------------------------------------------------------
+
+def test_the_divergence_rule():
+    """Catches a finite blow-up passing unnoticed (issue 26: a loss of 2.6e6 saved as the resume
+    point), a rule so tight that ordinary noise stops a run, and NaN/Inf passing."""
+    uniform = np.log(10)  # the loss of a uniform guess over 10 classes: the floor of the level
+    assert training.divergence([2.2, 2.9, 10 * uniform - 0.01], [], 10) is None
+    assert training.divergence([2.2, 10 * uniform + 0.01], [], 10) == (1, f"over 10x its recent level {uniform:.4g}")
+    assert training.divergence([0.05, 20.0], [0.01, 0.02, 0.01], 10) is None  # from a low level: the floor
+    assert training.divergence([39.0], [5.0, 4.0, 3.0], 10) is None  # the median of the recent lines, 4
+    assert training.divergence([41.0], [5.0, 4.0, 3.0], 10) == (0, "over 10x its recent level 4")
+    assert training.divergence([1.0, float("nan")], [1.0], 10) == (1, "not finite")
+    assert training.divergence([float("inf")], [], 10) == (0, "not finite")
+
+
+def test_a_diverging_resume_saves_nothing_and_names_the_newest_good_checkpoint(finished_run, tmp_path):
+    """Catches a blown-up step saved as the resume point (issue 26: learning rate 1000 on resume),
+    a message that does not name the newest good checkpoint, and config.json taking the
+    diverged run's settings."""
+    workdir = str(tmp_path / "run")
+    shutil.copytree(finished_run[0], workdir)
+    config = quick_config(num_steps=30, checkpoint_every_steps=5, eval_every_epochs=100, learning_rate=1000.0)
+    with pytest.raises(training.Diverged) as raised:
+        training.train_and_evaluate(config, workdir)
+    root = checkpoints.model_root(workdir)
+    assert str(raised.value).endswith(f"stopped without saving it: the newest good checkpoint is step 10 in {root}; "
+                                      "resume from it with a lower learning rate")
+    assert sorted(checkpoints.step_metrics(root)) == [5, 10]
+    assert json.loads(open(os.path.join(workdir, "config.json")).read())["train"]["learning_rate"] == 0.05
 
 
 # --- damaged checkpoints ---------------------------------------------------------------------
@@ -296,6 +404,40 @@ def test_train_cli_reports_a_bad_value_in_one_line_before_any_work(tmp_path):
     last = completed.stderr.strip().splitlines()[-1]
     assert last.startswith("error: invalid config: ") and "train.learning_rate=-1" in last and "train.batch_size=0" in last
     assert not os.path.exists(tmp_path / "checkpoints")
+
+
+@pytest.mark.parametrize("content", ["", '{"model": {"arch": "vgg11_bn", "wid'])
+def test_an_unreadable_config_json_of_an_unfinished_run_is_one_error_naming_it(content, finished_run, tmp_path):
+    """Catches a traceback (issue 26: ValueError) for an emptied or truncated config.json."""
+    workdir = str(tmp_path / "run")
+    shutil.copytree(finished_run[0], workdir)
+    path = os.path.join(workdir, "config.json")
+    with open(path, "w") as f:
+        f.write(content)
+    with pytest.raises(run_files.RunFileError) as raised:
+        training.train_and_evaluate(quick_config(num_steps=12, checkpoint_every_steps=5, eval_every_epochs=100), workdir)
+    assert isinstance(raised.value, training.USER_ERRORS) and "\n" not in str(raised.value)
+    assert str(raised.value).startswith(f"cannot read {path}: ") and "restore it, or delete it" in str(raised.value)
+
+
+@pytest.mark.parametrize("fault", ["empty", "unreadable"])
+def test_a_class_folder_without_images_is_one_error_naming_it(fault, tmp_path):
+    """Catches a traceback for an empty class folder (issue 26: ValueError) and a class whose
+    every file is unreadable training with zero examples and only warnings."""
+    for name in ("cat", "dog", "owl"):
+        (tmp_path / name).mkdir()
+    for name in ("cat", "dog"):
+        write_image(tmp_path / name / "0.png", (200, 30, 30))
+    if fault == "unreadable":
+        for i in range(3):
+            (tmp_path / "owl" / f"{i}.jpg").write_text("not an image")
+    config = quick_config(num_steps=1)
+    config.data.update(source=f"folder:{tmp_path}", val_fraction=0.5)
+    with pytest.raises(input_pipeline.DatasetError) as raised:
+        training.train_and_evaluate(config, str(tmp_path / "run"))
+    assert isinstance(raised.value, training.USER_ERRORS)
+    expected = "is empty" if fault == "empty" else "none of its 3 files is an image"
+    assert str(raised.value).startswith(f"class folder {tmp_path / 'owl'}") and expected in str(raised.value)
 
 
 # --- resuming with another config ------------------------------------------------------------

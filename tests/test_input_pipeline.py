@@ -330,7 +330,7 @@ def test_folder_start_up_decodes_nothing(tmp_path):
     for name in ["a", "b"]:
         (tmp_path / name).mkdir()
         for i in range(3):
-            (tmp_path / name / f"{i}.jpg").write_text("not decoded before it is read")
+            (tmp_path / name / f"{i}.jpg").write_bytes(b"\xff\xd8\xff not decoded before it is read")
     config = data_config(source=f"folder:{tmp_path}", val_fraction=0.0)
     assert ip.dataset_info(config).num_train == 6  # the old start-up check would reject every file
     with pytest.raises(ValueError, match="files in a row of the training order are unreadable"):

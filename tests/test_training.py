@@ -181,14 +181,16 @@ def test_preinit_with_incompatible_shapes_names_the_layers():
         preinit.copy_layers(wide, source, preinit.NET_A_LAYERS)
 
 
-def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_path):
+def test_a_fresh_run_that_diverges_says_no_checkpoint_was_saved(tmp_path):
+    """Catches a diverged step being saved, and the message claiming a good checkpoint that does
+    not exist (issue 26: "the last good checkpoint is intact" with checkpoints/ empty)."""
     config = quick_config(num_steps=30, checkpoint_every_steps=10, eval_every_epochs=100,
                           learning_rate=1e4)
-    with pytest.raises(training.NonFiniteLoss, match=r"at step \d+"):
+    with pytest.raises(training.Diverged, match=r"^the training loss is \S+ at step \d+ ") as raised:
         training.train_and_evaluate(config, str(tmp_path))
-    for step in os.listdir(tmp_path / "checkpoints"):
-        variables, _, _ = checkpoints.load_variables(tmp_path, int(step))
-        assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(variables))
+    assert os.listdir(tmp_path / "checkpoints") == [] and not os.path.exists(tmp_path / "config.json")
+    assert str(raised.value).endswith(f"stopped without saving it: no checkpoint was saved before it "
+                                      f"(none in {tmp_path / 'checkpoints'})")
 
 
 def test_workdir_of_another_model_is_a_clear_error(tmp_path):

@@ -149,13 +149,30 @@ def save_errors(directory):
 
 
 def newest_committed_text(directory) -> str:
-    """Which step a resume would start from: orbax renames a step's directory into place only
-    once all its files are written, so the finalized steps are the readable ones."""
     try:
-        steps = ocp.step.checkpoint_steps(directory)
+        step = newest_committed_step(directory)
     except OSError as error:
         return f"cannot list its steps: {os_error_text(error)}"
-    return f"the newest readable step there is {max(steps)}" if steps else "no step there is readable"
+    return "no step there is readable" if step is None else f"the newest readable step there is {step}"
+
+
+def newest_committed_step(directory) -> int | None:
+    """Which step a resume would start from: orbax renames a step's directory into place only
+    once all its files are written, so the finalized steps are the readable ones."""
+    steps = ocp.step.checkpoint_steps(directory)
+    return max(steps) if steps else None
+
+
+def remove_stale_steps(manager: ocp.CheckpointManager, keep: int) -> list[int]:
+    """Deletes the steps `open_manager`'s retention (the last `keep` and the best) no longer
+    keeps; returns them. orbax deletes them after committing the next step, so a run killed in
+    between (after its final save) leaves them for no later save to clean up."""
+    steps = sorted(manager.all_steps())
+    kept = set(steps[-keep:]) | {manager.best_step()}
+    stale = [step for step in steps if step not in kept]
+    for step in stale:
+        manager.delete(step)
+    return stale
 
 
 def os_error_text(error: BaseException) -> str:

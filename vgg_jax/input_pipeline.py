@@ -38,11 +38,11 @@ import numpy as np
 from vgg_jax import digits, synthetic
 from vgg_jax.data import folders, imagenet, pipeline, tfds
 from vgg_jax.data.pipeline import TRAIN_ATTEMPTS, Layout
-from vgg_jax.data.sources import ImageSource, SkippedFiles
+from vgg_jax.data.sources import DatasetError, ImageSource, SkippedFiles
 
 FOLDER_PREFIX = folders.PREFIX
 IMAGENET_PREFIX = imagenet.PREFIX
-__all__ = ["SkippedFiles", "DatasetInfo", "check_config", "dataset_info", "split_info", "skipped_files",
+__all__ = ["DatasetError", "SkippedFiles", "DatasetInfo", "check_config", "dataset_info", "split_info", "skipped_files",
            "skipped_count", "train_batches", "eval_batches", "eval_images"]
 
 

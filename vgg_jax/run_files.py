@@ -1,16 +1,20 @@
 """What a training run keeps in its workdir besides the arrays, and what may change on resume.
 
-  config.json        the run's config (the first run's; a resume may change the learning rate only)
+  config.json        the config of the newest saved step (a resume may change the learning rate only)
   results.json       the final metrics, best step, learning-rate drops and why the run ended
+  train.lock         held by the run training there (train.lock.<i>: process i of a multi-process job)
   checkpoint 'meta'  `Progress`: the host-side record saved with every step
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import logging
 import os
+import socket
 from typing import Any
 
 import jax
@@ -19,6 +23,15 @@ import ml_collections
 from vgg_jax import checkpoints, configuration, steps
 
 log = logging.getLogger("vgg_jax.train")
+RECENT_LINES = 8  # progress lines a checkpoint remembers (the divergence check's recent level)
+
+
+class RunFileError(ValueError):
+    """config.json or results.json of a workdir cannot be read; the message names the file."""
+
+
+class WorkdirInUse(RuntimeError):
+    """Another training run holds the workdir's lock; the message names its host and pid."""
 
 
 @dataclasses.dataclass
@@ -30,6 +43,7 @@ class Progress:
     lr_drops: list = dataclasses.field(default_factory=list)  # [{"step", "learning_rate"}]
     last_eval: dict = dataclasses.field(default_factory=dict)  # the newest validation metrics
     stopped: str | None = None  # why training ended before num_steps (paper's schedule)
+    recent_train: list = dataclasses.field(default_factory=list)  # the last progress lines' mean train metrics
 
     def meta(self) -> dict:
         return {**dataclasses.asdict(self), "spec": self.spec.to_dict()}
@@ -37,6 +51,9 @@ class Progress:
     def eval_metrics(self) -> dict:
         """The newest validation metrics, as orbax records them to rank checkpoints."""
         return {k: v for k, v in self.last_eval.items() if k.startswith("val_")}
+
+    def with_train_line(self, means: dict) -> "Progress":
+        return dataclasses.replace(self, recent_train=[*self.recent_train, means][-RECENT_LINES:])
 
     @classmethod
     def from_meta(cls, meta: dict) -> "Progress":
@@ -90,36 +107,76 @@ def config_differences(previous: dict | None, config: ml_collections.ConfigDict)
 
 def read_run_config(workdir: str) -> dict | None:
     """The config.json a training run left in `workdir` (renamed fields under their new names);
-    None where there is none (a model directory, a weight file); a ValueError naming the file if
-    it cannot be read."""
+    None where there is none (a model directory, a weight file); RunFileError (a ValueError)
+    naming the file if it cannot be read."""
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
         return None
+    return configuration.upgraded(read_json(path, "it records the run's settings, which a resume checks: "
+                                                  "restore it, or delete it to resume without that check"))
+
+
+def read_results(workdir: str) -> dict:
+    """results.json of a finished run; RunFileError if it is missing or unreadable."""
+    return read_json(os.path.join(workdir, "results.json"), "")
+
+
+def read_json(path: str, advice: str) -> dict:
     try:
         with open(path) as f:
-            return configuration.upgraded(json.load(f))
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"cannot read {path}: {error}") from error
+            values = json.load(f)
+    except (OSError, ValueError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise RunFileError(f"cannot read {path}: {error}" + (f"; {advice}" if advice else "")) from error
+    if not isinstance(values, dict):
+        raise RunFileError(f"cannot read {path}: it holds a JSON {type(values).__name__}, not an object")
+    return values
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+        write_atomically(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
 
 def write_results(workdir: str, results: dict) -> None:
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "results.json"), "w") as f:
-            json.dump(results, f, indent=2)
+        write_atomically(os.path.join(workdir, "results.json"), json.dumps(results, indent=2))
 
 
-def read_results(workdir: str) -> dict:
-    path = os.path.join(workdir, "results.json")
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
+def write_atomically(path: str, text: str) -> None:
+    """Readers (and a run killed while writing) see the old file or the new one, never a part."""
+    partial = f"{path}.partial"
+    try:
+        with open(partial, "w") as f:
+            f.write(text)
+        os.replace(partial, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.remove(partial)
+        raise
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str):
+    """One training run per workdir: an advisory lock (fcntl.flock) on workdir/train.lock for
+    as long as the run lasts; each process of a multi-process job locks its own file. The kernel
+    releases it however the holder ends (kill -9 included), so a stale lock never blocks. The
+    holder writes its host and pid into the file for a second run's message. filelock would
+    truncate the file on every attempt, erasing them."""
+    os.makedirs(workdir, exist_ok=True)
+    index = jax.process_index()
+    path = os.path.join(workdir, "train.lock" if index == 0 else f"train.lock.{index}")
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "a process that has not written its name yet"
+            raise WorkdirInUse(f"{workdir} is in use by another training run ({holder}, lock {path}); "
+                               "wait for it to end or give another --workdir") from None
+        f.truncate(0)
+        f.write(f"host {socket.gethostname()} pid {os.getpid()}\n")
+        f.flush()
+        yield
 
 
 def check_same_model(meta: dict, spec: checkpoints.ModelSpec, workdir: str) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
+HEARTBEAT_TIMEOUT = 30  # seconds
 
 
 def initialize_processes(coordinator: str | None, num_processes: int | None, process_id: int | None) -> None:
@@ -24,7 +25,9 @@ def initialize_processes(coordinator: str | None, num_processes: int | None, pro
         if jax.config.jax_platforms in (None, "", "cpu") and coordinator:
             # CPU processes need a collectives backend for cross-process arrays (tests, laptops).
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(coordinator, num_processes, process_id)
+        # A lost process is declared after HEARTBEAT_TIMEOUT (jax's default: 100 s); the others
+        # then stop within that time even while waiting in a checkpoint's barrier.
+        jax.distributed.initialize(coordinator, num_processes, process_id, heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT)
 
 
 def data_mesh(devices=None) -> Mesh:

@@ -10,10 +10,12 @@ Batches arrive as uint8 pixels; the steps flip, colour-shift and normalise them 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
 import os
+import re
 import signal
 from typing import Any
 
@@ -34,15 +36,30 @@ from vgg_jax.tensorboard_writer import ScalarWriter
 log = logging.getLogger("vgg_jax.train")
 
 
-class NonFiniteLoss(RuntimeError):
-    """The training loss became NaN or Inf."""
+class Diverged(RuntimeError):
+    """The training loss became NaN or Inf, or far above its recent level (`divergence`)."""
 
 
-# What a user can fix (config values, workdirs, disks, a diverging rate): the CLIs print these
-# as one `error:` line; anything else is a bug and keeps its traceback. An OSError always names
-# a file and what the system refused (a read-only workdir, a full disk for config.json).
+class LostProcess(RuntimeError):
+    """A collective with the other processes of a multi-process job failed: one of them is gone."""
+
+
+# What a user can fix (config values, workdirs, disks, a diverging rate, the data): the CLIs
+# print these as one `error:` line; anything else is a bug and keeps its traceback. An OSError
+# always names a file and what the system refused (a read-only workdir, a full disk).
 USER_ERRORS = (configuration.ConfigError, checkpoints.CheckpointError, checkpoints.CheckpointSaveError,
-               weights.WeightsError, NonFiniteLoss, OSError)
+               weights.WeightsError, Diverged, OSError, run_files.RunFileError, run_files.WorkdirInUse,
+               input_pipeline.DatasetError)
+
+# The divergence rule: a step's loss above DIVERGENCE_FACTOR x the recent level, the median of
+# the last progress lines' mean losses (run_files.RECENT_LINES, kept in the checkpoints), and
+# never below ln(classes), the loss of a uniform guess, where a fresh net starts.
+DIVERGENCE_FACTOR = 10.0
+
+# How a failed collective reads (CPU: gloo; any backend: jax.distributed's barriers, which orbax's
+# multi-process saves use). NCCL's and ICI's wordings are not listed: untested here; a GPU or TPU
+# job that loses a process ends by jax's heartbeat timeout instead (sharding.HEARTBEAT_TIMEOUT).
+COLLECTIVE_FAILURE = re.compile(r"Gloo \w+ failed|Barrier (timed out|failed)|heartbeat timeout|stopped sending heartbeats")
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> vgg_jax.VGG:
@@ -109,38 +126,97 @@ def agreed_stop(local_signal: str | None) -> str | None:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains per `config`, checkpointing into and resuming from `workdir`; returns the final
-    metrics (also in workdir/results.json). A finished workdir is left as it is."""
+    metrics (also in workdir/results.json). A finished workdir is left as it is (its results.json
+    rebuilt if it is missing). SIGTERM and Ctrl-C stop it at the next progress line, saved; once
+    the last step is done they wait for the final save and results.json."""
     configuration.validate(config)
-    run = setup(config, os.path.abspath(workdir))
-    writer = None
-    try:
-        state, progress = restore_or_initialise(run)
-        if int(state.step) >= run.num_steps or progress.stopped:
-            log.info("%s has finished (step %d of %d%s); its results are in results.json. Raise "
-                     "train.num_steps or train.num_epochs to train further", run.workdir, int(state.step),
-                     run.num_steps, f", {progress.stopped}" if progress.stopped else "")
-            return run_files.read_results(run.workdir)
-        run_files.write_config(run.workdir, run.config)
-        writer = ScalarWriter(run.workdir if jax.process_index() == 0 else None)  # TensorBoard events
-        state, progress, outcome = train_loop(run, state, progress, writer)
-        checkpoints.finish_saving(run.manager)
-        results = final_results(run, state, progress, outcome)
-        run_files.write_results(run.workdir, results)
-        return results
-    finally:
-        if writer is not None:
-            writer.close()
-        checkpoints.close_quietly(run.manager)
+    workdir = os.path.abspath(workdir)
+    with run_files.workdir_lock(workdir), StopRequest() as stop:
+        run = setup(config, workdir)
+        with closed_unless_lost(run.manager):
+            state, progress = restore_or_initialise(run)
+            if int(state.step) >= run.num_steps or progress.stopped:
+                return finished_run_results(run, state, progress)
+            return train(run, state, progress, stop)
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
-    os.makedirs(workdir, exist_ok=True)
     info = input_pipeline.dataset_info(config.data)
     model = build_model(config, config.model.num_classes or info.num_classes)
     steps_per_epoch = max(1, info.num_train // config.train.batch_size)
     return Run(config, workdir, model, steps.make_optimizer(config.train, steps_per_epoch), sharding.data_mesh(),
                info, steps_per_epoch, steps.total_steps(config.train, steps_per_epoch),
                checkpoints.open_manager(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints))
+
+
+def train(run: Run, state: TrainState, progress: Progress, stop: StopRequest) -> dict:
+    """The loop, then the final save and results.json, all under `stop`'s signal handlers."""
+    writer = ScalarWriter(run.workdir if jax.process_index() == 0 else None)  # TensorBoard events
+    try:
+        state, progress, signalled = train_loop(run, state, progress, writer, stop)
+        checkpoints.finish_saving(run.manager)
+        results = final_results(run, state, progress, signalled, skipped_files(run))
+        run_files.write_results(run.workdir, results)
+        return results
+    finally:
+        writer.close()
+
+
+def finished_run_results(run: Run, state: TrainState, progress: Progress) -> dict:
+    """results.json of a finished run; rebuilt from the newest checkpoint's record if the run
+    ended (killed) between its final save and writing it. Steps that retention no longer keeps
+    (left by such a kill) are deleted: every process sees the same steps, so their deletions'
+    barriers match; the rest takes no collective (processes may differ on reading the file)."""
+    log.info("%s has finished (step %d of %d%s); its results are in results.json. Raise train.num_steps or "
+             "train.num_epochs to train further", run.workdir, int(state.step), run.num_steps,
+             f", {progress.stopped}" if progress.stopped else "")
+    stale = checkpoints.remove_stale_steps(run.manager, run.config.train.keep_checkpoints)
+    if stale:
+        log.warning("deleted steps %s of %s, which retention no longer keeps", stale, run.manager.directory)
+    try:
+        return run_files.read_results(run.workdir)
+    except run_files.RunFileError as error:
+        results = final_results(run, state, progress, signalled=None, skipped=None)  # skips: in the run's log
+        run_files.write_results(run.workdir, results)
+        log.warning("%s; rebuilt it from the checkpoints' stored metrics", error)
+        return results
+
+
+@contextlib.contextmanager
+def closed_unless_lost(manager):
+    """Closes the checkpoint manager however the run ends, except when a process of the job is
+    lost: a failed collective becomes LostProcess, and the manager stays open, since closing it
+    would wait for a save whose barriers wait for the lost process (until the heartbeat timeout)."""
+    try:
+        yield
+    except Exception as error:
+        lost = lost_process(error, manager.directory)
+        if lost is None:
+            checkpoints.close_quietly(manager)
+            raise
+        raise lost from error
+    checkpoints.close_quietly(manager)
+
+
+def lost_process(error: Exception, root) -> LostProcess | None:
+    """LostProcess naming the process this one lost contact with and the newest committed step,
+    if `error` (or its cause) is a failed collective of a multi-process job; else None."""
+    if jax.process_count() == 1:
+        return None
+    chain, seen = [], error
+    while seen is not None:
+        chain.append(str(seen))
+        seen = seen.__cause__ or seen.__context__
+    failure = next((text for text in chain if COLLECTIVE_FAILURE.search(text)), None)
+    if failure is None:
+        return None
+    others = [i for i in range(jax.process_count()) if i != jax.process_index()]
+    lost = (f"process {others[0]}" + (" (the coordinator)" if others[0] == 0 else "") if len(others) == 1
+            else f"one of processes {others}")
+    step = checkpoints.newest_committed_step(root)
+    resume = (f"the newest committed step in {root} is {step}: restart every process to resume from it"
+              if step is not None else f"no step was committed in {root}")
+    return LostProcess(f"lost {lost}: a collective with it failed ({failure.strip().splitlines()[0][:300]}); {resume}")
 
 
 def restore_or_initialise(run: Run) -> tuple[TrainState, Progress]:
@@ -182,9 +258,10 @@ def restore(run: Run, step: int) -> tuple[TrainState, Progress]:
     return state, progress
 
 
-def train_loop(run: Run, state: TrainState, progress: Progress, writer) -> tuple[TrainState, Progress, dict]:
+def train_loop(run: Run, state: TrainState, progress: Progress, writer,
+               stop: StopRequest) -> tuple[TrainState, Progress, str | None]:
     """Steps until num_steps, a stop signal or the paper's schedule ends; returns the state,
-    the progress record and the outcome (last train metrics, the signal if any)."""
+    the progress record and the signal that stopped it, if any."""
     train = run.config.train
     normalization = progress.spec.normalization
     step_fn = steps.jitted_train_step(run.model, run.tx, train,
@@ -195,38 +272,40 @@ def train_loop(run: Run, state: TrainState, progress: Progress, writer) -> tuple
     pending: list[tuple[int, dict]] = []  # device metrics, checked before anything is saved
     step = int(state.step)  # counted on the host from here: no device sync per step
     rate = reporting.Throughput(step, train.batch_size)
-    outcome = {"signal": None, "train": {}}
-    with StopRequest() as stop:
-        while step < run.num_steps:
-            state, step_metrics = step_fn(state, next(batches))
-            step += 1
-            pending.append((step, step_metrics))
-            evaluate_now = step % run.eval_every == 0 or step == run.num_steps
-            save_now = evaluate_now or (train.checkpoint_every_steps and step % train.checkpoint_every_steps == 0)
-            check_now = save_now or step % train.log_every == 0
-            # Every process reaches the same check steps: there they agree on stopping.
-            signalled = agreed_stop(stop.signal) if (check_now or jax.process_count() == 1) else None
-            if not (check_now or signalled):
-                continue
-            outcome["train"] = check_finite(pending)
-            pending.clear()
-            log_progress(step, run, outcome["train"], state, rate)
-            writer.write_scalars(step, {f"train_{k}": v for k, v in outcome["train"].items()}
-                                 | {"learning_rate": steps.current_learning_rate(state)})
-            with rate.paused():
-                if evaluate_now:
-                    state, progress = evaluate_and_schedule(run, state, progress, step, eval_fn, writer)
-                if save_now or signalled or progress.stopped:
-                    checkpoints.save(run.manager, step, state, progress.meta(),
-                                     progress.eval_metrics() if evaluate_now else None)
-            if signalled:
-                log.warning("%s received: saved step %d, exiting", signalled, step)
-                outcome["signal"] = signalled
-                break
-            if progress.stopped:
-                log.info("stopping at step %d: %s", step, progress.stopped)
-                break
-    return state, progress, outcome
+    while step < run.num_steps:
+        state, step_metrics = step_fn(state, next(batches))
+        step += 1
+        pending.append((step, step_metrics))
+        evaluate_now = step % run.eval_every == 0 or step == run.num_steps
+        save_now = evaluate_now or (train.checkpoint_every_steps and step % train.checkpoint_every_steps == 0)
+        check_now = save_now or step % train.log_every == 0
+        # Every process reaches the same check steps: there they agree on stopping.
+        signalled = agreed_stop(stop.signal) if (check_now or jax.process_count() == 1) else None
+        if not (check_now or signalled):
+            continue
+        progress = checked_progress(run, progress, pending)
+        pending.clear()
+        log_progress(step, run, progress.recent_train[-1], state, rate, writer)
+        with rate.paused():
+            if evaluate_now:
+                state, progress = evaluate_and_schedule(run, state, progress, step, eval_fn, writer)
+            if save_now or signalled or progress.stopped:
+                save(run, step, state, progress, evaluated=evaluate_now)
+        if signalled:
+            log.warning("%s received: saved step %d, exiting", signalled, step)
+            return state, progress, signalled
+        if progress.stopped:
+            log.info("stopping at step %d: %s", step, progress.stopped)
+            break
+    return state, progress, None
+
+
+def save(run: Run, step: int, state: TrainState, progress: Progress, evaluated: bool) -> None:
+    """A checkpoint of `step`, and config.json with it: the settings of the newest saved step (a
+    run that diverges before its first save leaves the previous run's)."""
+    checkpoints.save(run.manager, step, state, progress.meta(), progress.eval_metrics() if evaluated else None)
+    with checkpoints.save_errors(run.manager.directory):  # a full disk: named as for the checkpoint
+        run_files.write_config(run.workdir, run.config)
 
 
 def evaluate_and_schedule(run: Run, state: TrainState, progress: Progress, step: int, eval_fn,
@@ -261,34 +340,69 @@ def on_plateau(state: TrainState, progress: Progress, accuracy: float, train, st
     return steps.with_learning_rate(state, rate), dataclasses.replace(progress, evals_without_gain=0, lr_drops=drops)
 
 
-def final_results(run: Run, state: TrainState, progress: Progress, outcome: dict) -> dict:
+def final_results(run: Run, state: TrainState, progress: Progress, signalled: str | None,
+                  skipped: dict | None) -> dict:
     """What results.json records: the run's last train and validation metrics, its best step,
-    the schedule's drops, and why it ended."""
+    the schedule's drops, why it ended, and the unreadable files this run skipped."""
     best_step = checkpoints.default_step(run.manager.directory)
     metrics = checkpoints.step_metrics(run.manager.directory).get(best_step) or {}
-    return {"step": int(state.step), **{f"train_{k}": v for k, v in outcome["train"].items()},
-               **progress.last_eval, "val_step": progress.last_eval.get("step"),
-               "best_step": best_step, "best_val_top1": metrics.get(checkpoints.BEST_METRIC),
-               "learning_rate": steps.current_learning_rate(state), "lr_drops": progress.lr_drops,
-               "stopped": progress.stopped, "interrupted": outcome["signal"],
-               # unreadable files this run's streams skipped (those of earlier runs are in their logs)
-               "skipped_files": {split: input_pipeline.skipped_count(run.config.data, split)
-                                 for split in (run.config.data.train_split, run.config.data.eval_split)}}
+    last_train = progress.recent_train[-1] if progress.recent_train else {}
+    return {"step": int(state.step), **{f"train_{k}": v for k, v in last_train.items()},
+            **progress.last_eval, "val_step": progress.last_eval.get("step"),
+            "best_step": best_step, "best_val_top1": metrics.get(checkpoints.BEST_METRIC),
+            "learning_rate": steps.current_learning_rate(state), "lr_drops": progress.lr_drops,
+            "stopped": progress.stopped, "interrupted": signalled, "skipped_files": skipped}
 
 
-def check_finite(pending: list[tuple[int, dict]]) -> dict[str, float]:
-    """Means of the pending step metrics; raises naming the first step whose loss is NaN/Inf."""
-    host = [(step, jax.tree.map(float, m)) for step, m in jax.device_get(pending)]  # one transfer for all
-    for step, metrics in host:
-        if not np.isfinite(metrics["loss"]):
-            raise NonFiniteLoss(f"the training loss is {metrics['loss']} at step {step}; "
-                                "stopped without saving, the last good checkpoint is intact")
-    return {key: float(np.mean([m[key] for _, m in host])) for key in host[0][1]}
+def skipped_files(run: Run) -> dict[str, int]:
+    """Unreadable files this run's streams skipped, per split (those of earlier runs are in their
+    logs); a collective in a multi-process job."""
+    data = run.config.data
+    return {split: input_pipeline.skipped_count(data, split) for split in (data.train_split, data.eval_split)}
 
 
-def log_progress(step: int, run: Run, metrics: dict, state: TrainState, rate: reporting.Throughput) -> None:
+def checked_progress(run: Run, progress: Progress, pending: list[tuple[int, dict]]) -> Progress:
+    """`progress` with the means of the pending step metrics (fetched in one transfer) as its
+    newest progress line; raises Diverged, before anything of these steps is saved, if their
+    loss shows divergence."""
+    host = [(step, jax.tree.map(float, m)) for step, m in jax.device_get(pending)]
+    problem = divergence([m["loss"] for _, m in host], [line["loss"] for line in progress.recent_train],
+                         run.model.num_classes)
+    if problem is not None:
+        index, reason = problem
+        raise Diverged(f"the training loss is {host[index][1]['loss']:.4g} at step {host[index][0]} ({reason}); "
+                       f"stopped without saving it: {newest_good_checkpoint(run.manager)}")
+    return progress.with_train_line({key: float(np.mean([m[key] for _, m in host])) for key in host[0][1]})
+
+
+def divergence(losses: list[float], recent: list[float], num_classes: int) -> tuple[int, str] | None:
+    """(index, reason) of the first of `losses` that is NaN/Inf or above DIVERGENCE_FACTOR x the
+    recent level (the median of the `recent` progress lines' losses, at least ln(num_classes)); else None."""
+    level = max(float(np.median(recent)) if recent else 0.0, float(np.log(num_classes)))
+    for index, loss in enumerate(losses):
+        if not np.isfinite(loss):
+            return index, "not finite"
+        if loss > DIVERGENCE_FACTOR * level:
+            return index, f"over {DIVERGENCE_FACTOR:g}x its recent level {level:.4g}"
+    return None
+
+
+def newest_good_checkpoint(manager) -> str:
+    """Which checkpoint a resume would start from: every saved step passed the divergence check,
+    so the newest committed one (a save in flight is let finish first)."""
+    checkpoints.finish_saving(manager)
+    step = checkpoints.newest_committed_step(manager.directory)
+    if step is None:
+        return f"no checkpoint was saved before it (none in {manager.directory})"
+    return f"the newest good checkpoint is step {step} in {manager.directory}; resume from it with a lower learning rate"
+
+
+def log_progress(step: int, run: Run, metrics: dict, state: TrainState, rate: reporting.Throughput, writer) -> None:
+    """The progress line, and the same figures as TensorBoard scalars."""
     images_per_second = rate.images_per_second(step)
     eta = (run.num_steps - step) * run.config.train.batch_size / max(images_per_second, 1e-9)
+    learning_rate = steps.current_learning_rate(state)
     log.info("step %d/%d  epoch %.2f  loss %.4f  top1 %.4f  lr %.3g  %.1f img/s  ETA %s",
              step, run.num_steps, step / run.steps_per_epoch, metrics["loss"], metrics["top1"],
-             steps.current_learning_rate(state), images_per_second, reporting.format_duration(eta))
+             learning_rate, images_per_second, reporting.format_duration(eta))
+    writer.write_scalars(step, {f"train_{k}": v for k, v in metrics.items()} | {"learning_rate": learning_rate})

@@ -1,7 +1,7 @@
 """Image files -> uint8 HxWx3 RGB pixels, with a pixel limit checked before any decoding.
 
 JPEG goes straight to libjpeg-turbo through simplejpeg (the binding measured fastest: ~1.9x
-tf.data's decode per core, issue 27), with the accurate integer DCT and fancy upsampling that
+tf.data's decode per core, issue 27), with the fast integer DCT and fancy upsampling that
 tf.image uses, so both give the same pixels. Anything simplejpeg refuses (PNG, BMP, GIF, WebP,
 CMYK JPEGs, JPEGs with recoverable damage) goes to Pillow. Neither applies EXIF orientation,
 as tf.image does not: the pixels are the file's. Grey, palette, RGBA and CMYK become RGB (alpha
@@ -44,6 +44,15 @@ def read_file(path: str, max_pixels: int) -> bytes:
             return file.read()
     except OSError as error:
         raise UnreadableImage(f"{path}: {error.strerror or error}") from None
+
+
+def looks_like_an_image(path: str) -> bool:
+    """Whether the file's header is one of an image format Pillow reads (nothing is decoded)."""
+    try:
+        with Image.open(path):  # lazy: identifies the format from the first bytes
+            return True
+    except Exception:  # noqa: BLE001 - Pillow fails its own way on each kind of non-image
+        return False
 
 
 def _check_size(height: int, width: int, max_pixels: int) -> None:

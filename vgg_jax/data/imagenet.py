@@ -22,6 +22,7 @@ import numpy as np
 
 from vgg_jax import class_names as names
 from vgg_jax.data import folders, sources
+from vgg_jax.data.sources import DatasetError
 
 PREFIX = "imagenet:"
 KAGGLE_IMAGES = os.path.join("ILSVRC", "Data", "CLS-LOC")
@@ -33,7 +34,7 @@ def images_root(root: str) -> str:
     for candidate in (root, os.path.join(root, KAGGLE_IMAGES)):
         if os.path.isdir(os.path.join(candidate, "train")):
             return candidate
-    raise ValueError(f"imagenet dataset {root}: no train/ folder (nor {KAGGLE_IMAGES}/train) of nXXXXXXXX class folders")
+    raise DatasetError(f"imagenet dataset {root}: no train/ folder (nor {KAGGLE_IMAGES}/train) of nXXXXXXXX class folders")
 
 
 def _kaggle_labels(path: str) -> dict[str, str]:
@@ -50,7 +51,7 @@ def _devkit_labels(path: str, val_files: list[str]) -> dict[str, str]:
     with open(path) as file:
         ids = [int(line) for line in file if line.strip()]
     if len(ids) != len(val_files):
-        raise ValueError(f"{path} has {len(ids)} labels for {len(val_files)} validation images")
+        raise DatasetError(f"{path} has {len(ids)} labels for {len(val_files)} validation images")
     return {_stem(f): wnids[i] for f, i in zip(sorted(val_files), ids)}
 
 
@@ -80,15 +81,15 @@ def val_labels(root: str, val_files: list[str], wnids: list[str]) -> dict[str, s
             try:
                 return read(path)
             except (ValueError, KeyError, IndexError, OSError) as error:
-                raise ValueError(f"imagenet ground truth {path} is unreadable: {error}") from None
-    raise ValueError(f"imagenet dataset {root}: val/ is flat but no ground truth was found "
+                raise DatasetError(f"imagenet ground truth {path} is unreadable: {error}") from None
+    raise DatasetError(f"imagenet dataset {root}: val/ is flat but no ground truth was found "
                      "(LOC_val_solution.csv, ILSVRC2012_validation_ground_truth.txt with meta.mat, or val.txt)")
 
 
 def _validation(root: str, images: str, wnids: list[str], max_pixels: int) -> sources.FileSource:
     val = os.path.join(images, "val")
     if not os.path.isdir(val):
-        raise ValueError(f"imagenet dataset {root} has no val/ folder")
+        raise DatasetError(f"imagenet dataset {root} has no val/ folder")
     entries = sorted(f for f in os.listdir(val) if not f.startswith("."))
     if any(os.path.isdir(os.path.join(val, f)) for f in entries):  # val/nXXXXXXXX/ class folders
         return sources.file_source(folders.class_files(val, wnids)[1], wnids, max_pixels)
@@ -96,7 +97,7 @@ def _validation(root: str, images: str, wnids: list[str], max_pixels: int) -> so
     index = {wnid: i for i, wnid in enumerate(wnids)}
     unknown = [f for f in entries if labels.get(_stem(f)) not in index]
     if unknown:
-        raise ValueError(f"imagenet dataset {root}: {len(unknown)} validation files lack a known label, "
+        raise DatasetError(f"imagenet dataset {root}: {len(unknown)} validation files lack a known label, "
                          f"e.g. {unknown[0]} ({labels.get(_stem(unknown[0]))!r})")
     return sources.FileSource(np.array([os.path.join(val, f) for f in entries], dtype=object),
                               np.array([index[labels[_stem(f)]] for f in entries], np.int32), wnids,
@@ -112,7 +113,7 @@ def display_names(wnids: list[str]) -> list[str]:
 def load_split(root: str, split: str, train_split: str, max_pixels: int) -> sources.FileSource:
     """The train split (`train_split`) or the validation split (any other name) at `root`."""
     if not os.path.isdir(root):
-        raise ValueError(f"imagenet dataset {root} does not exist: give data.source='imagenet:PATH' "
+        raise DatasetError(f"imagenet dataset {root} does not exist: give data.source='imagenet:PATH' "
                          "with PATH holding train/ and val/")
     train = os.path.join(images_root(root), "train")
     wnids = sorted(d for d in os.listdir(train) if os.path.isdir(os.path.join(train, d)))

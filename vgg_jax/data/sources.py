@@ -19,6 +19,10 @@ from vgg_jax.data import decode
 MAX_LOGGED_PATHS = 10
 
 
+class DatasetError(ValueError):
+    """A dataset that cannot train: a missing, empty or unreadable folder or class; the message names it."""
+
+
 @dataclasses.dataclass
 class SkippedFiles:
     """Files of a split found unreadable so far in this process: left out, counted and reported."""
