@@ -1,5 +1,6 @@
 """The input pipeline end to end: sources, order, restarts (seeking, for tfds), sharding, padding and bad input."""
 
+import io
 import itertools
 from collections import Counter
 
@@ -326,11 +327,21 @@ def test_unreadable_files_are_replaced_in_the_stream_and_restarts_stay_exact(fol
         assert stream(start, 10) == epochs[start:start + 10]
 
 
+def truncated_jpeg() -> bytes:
+    """A JPEG cut just after its headers: its header reads as an image's, its pixels do not decode."""
+    encoded = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), np.uint8)).save(encoded, "JPEG")
+    data = encoded.getvalue()
+    return data[:data.index(b"\xff\xda") + 16]
+
+
 def test_folder_start_up_decodes_nothing(tmp_path):
+    """Catches a start-up that decodes every file (ImageNet: an hour): damaged files are found
+    when read, not listed."""
     for name in ["a", "b"]:
         (tmp_path / name).mkdir()
         for i in range(3):
-            (tmp_path / name / f"{i}.jpg").write_bytes(b"\xff\xd8\xff not decoded before it is read")
+            (tmp_path / name / f"{i}.jpg").write_bytes(truncated_jpeg())
     config = data_config(source=f"folder:{tmp_path}", val_fraction=0.0)
     assert ip.dataset_info(config).num_train == 6  # the old start-up check would reject every file
     with pytest.raises(ValueError, match="files in a row of the training order are unreadable"):
