@@ -9,6 +9,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command,example,flags", [
     (["train.py"], "python train.py --config configs/vgg16.py:256", ["--workdir", "--coordinator", "--process_id"]),
     (["eval.py"], "python eval.py --checkpoint vgg16-397923af.pth --arch vgg16",
@@ -30,6 +31,7 @@ def test_help_shows_an_example_and_the_flags(command, example, flags):
         assert f"  {flag}:" in done.stdout
 
 
+@pytest.mark.slow
 def test_a_bad_flag_is_one_line():
     """Catches a module CLI that answers a mistyped flag with a traceback."""
     done = subprocess.run([sys.executable, "-m", "vgg_jax.predict", "--checkpoint=x", "--scale=big", "a.jpg"],

@@ -173,6 +173,7 @@ def test_a_failed_download_names_the_url_and_leaves_the_cache_as_it_was(
     assert cache_contents(cache) == ["downloads"]  # no file, no model directory, no temporaries
 
 
+@pytest.mark.slow
 def test_two_processes_at_once_download_and_convert_once(server, published, cache, monkeypatch):
     weights = serve(server, published, monkeypatch)
     server.seconds_per_chunk = 0.03  # about a second per download, so the two overlap

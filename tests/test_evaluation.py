@@ -369,6 +369,7 @@ def test_eval_cli_on_a_workdir_evaluates_its_best_step_not_its_latest(tmp_path, 
     assert [row["top1_error"] for row in results["rows"]] == pytest.approx([best] * len(results["rows"]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,message", [
     (["--checkpoint=/no/such/dir"], "error: no checkpoint directory at /no/such/dir"),
     (["--scales=256,big"], "error: --scales=256,big: give whole numbers"),

@@ -40,6 +40,7 @@ def leaves_equal(a, b):
 
 # --- best checkpoint and finished runs -------------------------------------------------------
 
+@pytest.mark.slow
 def test_best_step_is_kept_through_resumes_and_is_what_loaders_use(tmp_path, monkeypatch):
     # Evaluations at steps 4, 8, ... (eval_every_epochs = 4 steps of 44); the best is step 8.
     scripted_validation(monkeypatch, [0.5, 0.9, 0.6, 0.7, 0.65, 0.6, 0.55])
@@ -56,6 +57,7 @@ def test_best_step_is_kept_through_resumes_and_is_what_loaders_use(tmp_path, mon
     assert results["val_step"] == 28 and results["val_top1"] == 0.55
 
 
+@pytest.mark.slow
 def test_a_finished_run_is_left_alone_and_continues_when_the_budget_grows(tmp_path, caplog):
     config = quick_config(num_steps=6, eval_every_epochs=100)
     first = training.train_and_evaluate(config, str(tmp_path))
@@ -122,6 +124,7 @@ HOLD_LOCK = ("import sys, time; from vgg_jax import run_files\nwith run_files.wo
              "    print('locked', flush=True); time.sleep(600)")
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_workdir_stops_at_once_and_a_killed_runs_lock_does_not_block(tmp_path):
     """Catches two runs training in one workdir (issue 26: duplicate curves, or one dying on the
     other's files), a refusal that does not name the other run's host and pid or is not one
@@ -209,6 +212,7 @@ DAMAGE = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
 def test_a_damaged_newest_step_falls_back_to_the_newest_readable_one(damage, finished_run, tmp_path, caplog):
     source, final_variables = finished_run
@@ -289,6 +293,7 @@ def full_disk_error(workdir):
     return message
 
 
+@pytest.mark.slow
 def test_a_full_disk_stops_with_one_line_and_the_previous_checkpoint_stays(tiny_filesystem, monkeypatch):
     """Catches a message that names no readable step or the wrong one, and a failed save that
     damages the committed step before it: step 5 commits, then the disk fills before step 10."""
@@ -326,6 +331,7 @@ def read_only_view(tmp_path):
     subprocess.run(["umount", "-l", str(tmp_path / "ro")], check=True)
 
 
+@pytest.mark.slow
 def test_a_read_only_workdir_stops_with_an_os_error_naming_the_file(read_only_view):
     writable, read_only = read_only_view
     config = quick_config(num_steps=4, eval_every_epochs=100)
@@ -395,6 +401,7 @@ def test_the_shipped_configs_are_valid(tmp_path):
         configuration.validate(config, device_count=8)
 
 
+@pytest.mark.slow
 def test_train_cli_reports_a_bad_value_in_one_line_before_any_work(tmp_path):
     completed = subprocess.run(
         [sys.executable, os.path.join(ROOT, "train.py"), f"--workdir={tmp_path}",
@@ -442,6 +449,7 @@ def test_a_class_folder_without_images_is_one_error_naming_it(fault, tmp_path):
 
 # --- resuming with another config ------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_resume_refuses_a_new_batch_size_and_applies_a_new_learning_rate(tmp_path, caplog):
     config = quick_config(num_steps=4, eval_every_epochs=100, schedule="plateau")
     training.train_and_evaluate(config, str(tmp_path))

@@ -221,6 +221,7 @@ def test_tfds_sizes_come_from_metadata_and_batches_restart_exactly(tfds_dir):
     assert len(images) == 12 and {image.shape for image, _ in images} == {(45, 60, 3)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("window", [1, 16, 64, 1000])
 def test_tfds_order_is_a_seekable_shuffle_of_whole_epochs(tfds_dir, window):
     config = tfds_config(tfds_dir, shuffle_window=window)

@@ -11,6 +11,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from vgg_jax import checkpoints
 
@@ -78,6 +79,7 @@ def kill_one(workdir, victim, after_step) -> tuple[subprocess.Popen, float]:
             process.wait()
 
 
+@pytest.mark.slow
 def test_two_processes_train_stop_together_and_end_cleanly_when_one_is_lost(tmp_path):
     finish(start_pair(tmp_path), tmp_path)
     results = json.load(open(tmp_path / "results.json"))

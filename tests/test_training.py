@@ -39,6 +39,7 @@ def numpy_init(model):
     return jax.tree.map(lambda s: np.abs(rng.normal(0.0, 0.1, s.shape)).astype(np.float32), shapes)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", sorted(vgg_jax.ARCHITECTURES))
 def test_one_train_step_for_every_variant_on_mock_imagenet(arch):
     config = quick_config()
@@ -58,6 +59,7 @@ def test_one_train_step_for_every_variant_on_mock_imagenet(arch):
     assert not np.allclose(new_state.params["conv1_1"]["kernel"], state.params["conv1_1"]["kernel"])
 
 
+@pytest.mark.slow
 def test_quickstart_config_learns(tmp_path):
     results = training.train_and_evaluate(quick_config(num_steps=90, eval_every_epochs=100), str(tmp_path))
     assert results["val_top1"] > 0.5  # chance is 0.1 on the ten digits
@@ -97,6 +99,7 @@ def wait_for_step_after(step, workdir, process, log, deadline):
     return newest_step(workdir)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_parameters(tmp_path, caplog):
     """Catches a restart that ignores the saved steps (or resumes from the wrong one), a SIGTERM
     that exits without saving, and a resume that is not the uninterrupted run bit for bit
@@ -162,6 +165,7 @@ def test_preinit_copies_exactly_the_paper_layers(target_arch):
             leaves_close(value, expected[collection][name], 0)
 
 
+@pytest.mark.slow
 def test_preinit_through_training_logs_and_uses_net_a(tmp_path, caplog):
     model, source = tiny_variables("vgg11", seed=1)
     spec = checkpoints.ModelSpec("vgg11", {"num_classes": 10, "width": 0.125, "image_size": 32}, None, PAPER)

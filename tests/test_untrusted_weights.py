@@ -603,6 +603,7 @@ def test_a_crafted_file_is_refused_in_one_line_and_nothing_is_written(attack, ou
     assert len(line) < 1000  # nothing from the file at length
 
 
+@pytest.mark.slow
 def test_hdf5_never_looks_for_a_plugin(outcomes, hdf5_plugin):
     """Catches an unknown filter id reaching HDF5's read, which loads every library in its
     plugin directory (code from wherever HDF5_PLUGIN_PATH or its default points) to find it."""
