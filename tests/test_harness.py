@@ -156,6 +156,10 @@ def test_the_divergence_rule():
     assert training.divergence([2.2, 2.9, 10 * uniform - 0.01], [], 10) is None
     assert training.divergence([2.2, 10 * uniform + 0.01], [], 10) == (1, f"over 10x its recent level {uniform:.4g}")
     assert training.divergence([0.05, 20.0], [0.01, 0.02, 0.01], 10) is None  # from a low level: the floor
+    # Before the first progress line the level is the first loss (a new head on pretrained
+    # features, 2 classes: 7.8 is no divergence, and 10x it is).
+    assert training.divergence([7.8, 77.0], [], 2) is None
+    assert training.divergence([7.8, 79.0], [], 2) == (1, "over 10x its recent level 7.8")
     assert training.divergence([39.0], [5.0, 4.0, 3.0], 10) is None  # the median of the recent lines, 4
     assert training.divergence([41.0], [5.0, 4.0, 3.0], 10) == (0, "over 10x its recent level 4")
     assert training.divergence([1.0, float("nan")], [1.0], 10) == (1, "not finite")

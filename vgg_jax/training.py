@@ -377,8 +377,11 @@ def checked_progress(run: Run, progress: Progress, pending: list[tuple[int, dict
 
 def divergence(losses: list[float], recent: list[float], num_classes: int) -> tuple[int, str] | None:
     """(index, reason) of the first of `losses` that is NaN/Inf or above DIVERGENCE_FACTOR x the
-    recent level (the median of the `recent` progress lines' losses, at least ln(num_classes)); else None."""
-    level = max(float(np.median(recent)) if recent else 0.0, float(np.log(num_classes)))
+    recent level (the median of the `recent` progress lines' losses; before the first line, the
+    first loss: a new head on pretrained features may start far above a uniform guess; at least
+    ln(num_classes)); else None."""
+    start = losses[0] if losses and np.isfinite(losses[0]) else 0.0
+    level = max(float(np.median(recent)) if recent else start, float(np.log(num_classes)))
     for index, loss in enumerate(losses):
         if not np.isfinite(loss):
             return index, "not finite"
