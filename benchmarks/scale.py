@@ -8,8 +8,8 @@ off as for imagenet2012) and a class-per-folder tree of JPEGs, then prints a mar
 - folder start-up: `dataset_info` on a fresh process's cache (listing only);
 - the paper's train preprocessing on one Grain thread, on ImageNet-size (500x375) JPEGs.
 
-    python benchmarks/scale.py                                        # small: a minute or two
-    python benchmarks/scale.py --train 20000 --shards 1024 --folder 20000   # the issue's sizes
+    python -m benchmarks.scale                                        # small: a minute or two
+    python -m benchmarks.scale --train 20000 --shards 1024 --folder 20000   # the issue's sizes
 
 Sizes are arguments; the defaults are small. Timings on a shared machine vary by tens of percent.
 """
