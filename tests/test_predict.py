@@ -54,7 +54,7 @@ def test_posterior_is_the_flip_averaged_dense_softmax(checkpoint, photos):
     model, variables, spec = checkpoints.load_model(checkpoint)
     image = pp.load_image_file(photos["china"])
     posterior, scores = predict.predict(model, variables, spec, image, 48)
-    x = np.asarray(pp.normalize(pp.rescale_smallest_side(image, 48), spec.normalization))
+    x = spec.preprocess(image, 48)[0]  # the preprocessing is test_spec_preprocess's; here the maps and flips
     assert x.shape[:2] == (48, 72)
     maps = [np.asarray(model.apply(variables, im[None], dense=True))[0] for im in (x, x[:, ::-1])]
     assert_float32_close(scores, maps[0], terms=512 * 9, layers=len(variables["params"]))

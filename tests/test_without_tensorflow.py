@@ -62,6 +62,9 @@ for source in ("digits", f"folder:{root}", f"imagenet:{root}"):
     batch = next(ip.train_batches(config, global_batch_size=2, seed=0, process_index=0, process_count=1))
     val = next(ip.eval_batches(config, global_batch_size=2, process_index=0, process_count=1))
     assert batch["image"].shape == val["image"].shape == (2, 32, 32, 3) and val["mask"].all(), source
+from vgg_jax import checkpoints  # spec.preprocess, what predict and the README's examples call
+spec = checkpoints.ModelSpec("vgg11", {"num_classes": 2, "width": 0.125, "image_size": 32})
+assert spec.preprocess(f"{root}/train/n0000000a/0.JPEG", 48).shape == (1, 48, 64, 3)
 print("read without tensorflow")
 """
 
@@ -69,7 +72,8 @@ print("read without tensorflow")
 @pytest.mark.slow
 def test_digits_folders_and_imagenet_folders_read_without_tensorflow(tmp_path):
     """Catches a TensorFlow import (or a tf.data fallback) on the default data path: the digits,
-    a folder and an ImageNet layout (train/ and val/ class folders) give batches with TF blocked."""
+    a folder and an ImageNet layout (train/ and val/ class folders) give batches, and
+    spec.preprocess a model input, with TF blocked."""
     for split in ("train", "val"):
         for name in ("a", "b"):
             (tmp_path / split / f"n0000000{name}").mkdir(parents=True)

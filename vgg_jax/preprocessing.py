@@ -5,6 +5,8 @@ The host makes pixels: decode, the crop window, the isotropic rescale, and uint8
 jitted steps (`vgg_jax.augmentation`). Train, eval and predict compose the same ops. Images are
 HxWx3 on a 0-255 scale. Crop placement is drawn by the caller from stateless seeds, so an
 example's crop is a function of (run seed, example position) and a restarted run reproduces it.
+The tfds path (`vgg_jax.data.tfds`) uses these ops; `load_image_file` and `evaluation_input`
+(spec.preprocess, predict, stylize) need no TensorFlow.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import numpy as np
 
 from vgg_jax.data import decode as data_decode
+from vgg_jax.data import transforms
 from vgg_jax.lazy_tensorflow import tf  # imported at the first op: `import vgg_jax.preprocessing` needs no TF
 from vgg_jax.normalization import Normalization
 
@@ -84,15 +87,12 @@ def to_pixels(image: tf.Tensor) -> tf.Tensor:
     return tf.saturate_cast(tf.round(image), tf.uint8)
 
 
-def normalize(image: tf.Tensor, normalization: Normalization) -> tf.Tensor:
-    """The weights' input convention (`Normalization.apply`) on a TensorFlow image."""
-    return normalization.apply(tf.cast(image, tf.float32))
-
-
 def evaluation_input(image: np.ndarray | str, scale: int, normalization: Normalization) -> np.ndarray:
     """float32 (1, h, w, 3) model input of one image (a file path, or uint8 HxWx3) at test scale
-    `scale`: rescaled so that its smallest side is `scale`, normalised as the weights expect."""
+    `scale`: rescaled so that its smallest side is `scale`, normalised as the weights expect.
+    Without TensorFlow: the evaluation pipeline's own rescale (`vgg_jax.data.transforms`)."""
     if not isinstance(image, np.ndarray):
         image = load_image_file(os.fspath(image))
-    return normalize(rescale_smallest_side(image, scale), normalization).numpy()[None]
+    pixels = transforms.rescale_smallest_side(image, scale)  # uint8, as the input pipeline gives them
+    return normalization.apply(pixels.astype(np.float32))[None]
 

@@ -24,6 +24,7 @@ from PIL import Image  # noqa: E402
 
 from vgg_jax import command_line, loading, style  # noqa: E402
 from vgg_jax import preprocessing as pp  # noqa: E402
+from vgg_jax.data import transforms  # noqa: E402
 from vgg_jax.models import POOLS  # noqa: E402
 
 FLAGS = flags.FlagValues()  # this CLI's own, so that importing it defines no global flags
@@ -52,7 +53,7 @@ _loss = jax.jit(style.Objective.__call__)
 
 def rescaled(path: str, size: int) -> np.ndarray:
     """float32 pixels of the image at `path`, its smallest side rescaled to `size`."""
-    return pp.rescale_smallest_side(pp.load_image_file(path), size).numpy()
+    return transforms.rescale_smallest_side(pp.load_image_file(path), size).astype(np.float32)
 
 
 def main(argv: list[str] | None = None) -> int:
