@@ -22,7 +22,7 @@ import sys
 from absl import app, flags
 from ml_collections import ConfigDict, config_flags
 
-from vgg_jax import command_line
+from vgg_jax.core import command_line
 
 config_flags.DEFINE_config_file("config", "configs/default.py", "ml_collections config file (default: "
                                 "the first checkpoint's config.json, else the digits config's fields)")
@@ -47,7 +47,7 @@ flags.adopt_module_key_flags(command_line)  # listed by --help with the flags be
 def training_config(path: str) -> ConfigDict | None:
     """The config.json a training run left in its workdir, if any (weight files and pretrained
     names have none)."""
-    from vgg_jax import run_files
+    from vgg_jax.train import run_files
 
     if not os.path.isdir(path):
         return None
@@ -103,7 +103,9 @@ def main(argv):
         sys.exit(f"error: {error}")
     import jax  # seconds to import
 
-    from vgg_jax import checkpoints, devices, evaluation, loading
+    from vgg_jax.core import checkpoints, devices
+    from vgg_jax.evaluate import ensemble as evaluation
+    from vgg_jax.weights import loading
 
     command_line.initialize_processes()
     devices.log_devices()

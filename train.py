@@ -15,7 +15,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from vgg_jax import command_line
+from vgg_jax.core import command_line
 
 config_flags.DEFINE_config_file("config", "configs/default.py", "ml_collections config file")
 flags.DEFINE_string("workdir", None, "checkpoints, TensorBoard events, config.json and results.json "
@@ -33,7 +33,8 @@ def ignore_closed_event_loops(unraisable):
 
 def main(argv):
     del argv
-    from vgg_jax import checkpoints, devices, training
+    from vgg_jax.core import checkpoints, devices
+    from vgg_jax.train import loop as training
 
     command_line.initialize_processes()
     command_line.configure_logging()

@@ -99,7 +99,7 @@ def compiled_programs(size: Size, dtype: str, batch: int, remat: bool = False):
 
     import vgg_jax
     from benchmarks.workloads import train_setup
-    from vgg_jax import steps
+    from vgg_jax.train import steps
 
     model, tx, train = train_setup(size.arch, width=size.width, image_size=size.image, dtype=jnp.dtype(dtype),
                                    remat=remat)

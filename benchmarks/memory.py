@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.workloads import interleaved_medians, jax_functions, train_setup
-from vgg_jax import steps
+from vgg_jax.train import steps
 
 ACCELERATORS = {"H200 (141 GB)": 141e9, "TPU v5e chip (16 GB)": 16e9}
 GB = 1e9

@@ -39,7 +39,7 @@ from PIL import Image
 from sklearn.datasets import load_sample_images
 
 from configs import default
-from vgg_jax import input_pipeline as ip
+from vgg_jax.data import input_pipeline as ip
 from vgg_jax.data import decode, folders, transforms
 
 BEFORE = "ea13bed765ed122712ff3284170d4766b8f8e268"  # main before the Grain path (issue 27)
@@ -81,6 +81,9 @@ def load_before(folder: str) -> tuple:
         source = subprocess.run(["git", "-C", ROOT, "show", f"{BEFORE}:vgg_jax/{name}.py"], check=True,
                                 capture_output=True, text=True).stdout
         source = source.replace("from vgg_jax import preprocessing as pp", "import before_preprocessing as pp")
+        for module, wing in (("lazy_tensorflow", "data"), ("normalization", "core")):  # moved since BEFORE
+            source = source.replace(f"from vgg_jax.{module} import", f"from vgg_jax.{wing}.{module} import")
+        source = source.replace("from vgg_jax import digits, synthetic", "from vgg_jax.data import digits, synthetic")
         path = os.path.join(folder, f"before_{name}.py")
         with open(path, "w") as f:
             f.write(source)

@@ -24,8 +24,8 @@ import torch
 import vgg_jax
 from benchmarks.workloads import ARCHS, forward_flops, interleaved_medians, jax_functions
 from configs import default as default_config
-from vgg_jax import evaluation
-from vgg_jax.models import BLOCK_WIDTHS, FC_WIDTH, LAYOUTS
+from vgg_jax.evaluate import ensemble as evaluation
+from vgg_jax.core.models import BLOCK_WIDTHS, FC_WIDTH, LAYOUTS
 
 DENSE_SIZE = 384  # the paper's smallest test scale Q for dense evaluation
 MATMUL_SIZE = 4096
@@ -126,7 +126,7 @@ def compare(arch: str, variants: list[str], batch: int, rounds: int, rng: np.ran
 
 
 def evaluation_costs(batch: int, rounds: int, rng: np.random.Generator) -> dict[str, float]:
-    """VGG-16 evaluation, as vgg_jax.evaluation runs it: dense evaluation at Q=384 over its conv
+    """VGG-16 evaluation, as vgg_jax.evaluate.ensemble runs it: dense evaluation at Q=384 over its conv
     stack alone on the same images, and multi-crop crops/s (one image's 5x5 grid and mirrors)."""
     images = jnp.asarray(rng.standard_normal((batch, DENSE_SIZE, DENSE_SIZE, 3), np.float32))
     crops = jnp.asarray(rng.standard_normal((1, 2 * evaluation.GRID**2, 224, 224, 3), np.float32))

@@ -25,7 +25,7 @@ import ml_collections
 
 from benchmarks import datasets, pipeline
 from configs import default
-from vgg_jax import input_pipeline as ip
+from vgg_jax.data import input_pipeline as ip
 from vgg_jax.data import folders
 
 

@@ -1,7 +1,7 @@
 """Quickstart anywhere: the default model (vgg11_bn, width x0.25, 32x32) on the synthetic source.
 
 `python train.py --config configs/synthetic.py` needs no dataset, no network and no TensorFlow:
-10 generated class patterns (`vgg_jax.synthetic`). 'synthetic:CLASSES' sets the class count.
+10 generated class patterns (`vgg_jax.data.synthetic`). 'synthetic:CLASSES' sets the class count.
 """
 
 from configs import default

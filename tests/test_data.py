@@ -12,7 +12,7 @@ from PIL import Image
 from sklearn.datasets import load_sample_image
 
 from configs.default import get_config
-from vgg_jax import input_pipeline as ip
+from vgg_jax.data import input_pipeline as ip
 from vgg_jax.data import decode, imagenet, transforms
 
 
@@ -44,7 +44,7 @@ def test_pixels_agree_with_the_tf_image_path(photo_jpeg):
     source columns, which the filter (radius <= the shrink factor, here <= 375 / 224) spreads
     over output columns 0-2 and 221-223. Inside them, the resize bounds hold."""
     tf = pytest.importorskip("tensorflow")
-    from vgg_jax import preprocessing as pp
+    from vgg_jax.data import preprocessing as pp
 
     ours = decode.decode(photo_jpeg)
     np.testing.assert_array_equal(ours, pp.decode(tf.constant(photo_jpeg)).numpy())

@@ -19,7 +19,7 @@ import torch
 from numerics import assert_float32_close
 import vgg_jax
 from test_weights import randomize, torch_features
-from vgg_jax import normalization
+from vgg_jax.core import normalization
 from vgg_jax.weights import WeightsError, download, ensure_model, registry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -178,7 +178,7 @@ def test_two_processes_at_once_download_and_convert_once(server, published, cach
     weights = serve(server, published, monkeypatch)
     server.seconds_per_chunk = 0.03  # about a second per download, so the two overlap
     # Each process registers the same entry, says it is ready, and starts when told to.
-    script = ("import sys, vgg_jax.normalization as n; from vgg_jax.weights import registry, ensure_model\n"
+    script = ("import sys, vgg_jax.core.normalization as n; from vgg_jax.weights import registry, ensure_model\n"
               f"registry.WEIGHT_SETS['tiny'] = registry.WeightSet('tiny', 'vgg11', {weights.url!r}, 'sha256', "
               f"{weights.digest!r}, n.TORCHVISION)\n"
               "print('ready', flush=True); sys.stdin.readline()\n"

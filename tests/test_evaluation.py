@@ -14,8 +14,11 @@ from PIL import Image
 from numerics import assert_float32_close, float32_tolerance
 import vgg_jax
 from configs import default
-from vgg_jax import checkpoints, digits, evaluation, sharding
-from vgg_jax.normalization import Normalization
+from vgg_jax.core import checkpoints, sharding
+from vgg_jax.weights import model_directory
+from vgg_jax.data import digits
+from vgg_jax.evaluate import ensemble as evaluation
+from vgg_jax.core.normalization import Normalization
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS = Normalization((77.9,) * 3, (95.9,) * 3)
@@ -33,7 +36,7 @@ def init(model, seed=0):
 
 
 def member(model, variables, normalization=DIGITS):
-    spec = checkpoints.ModelSpec("vgg11", {}, digits.CLASS_NAMES, normalization)
+    spec = model_directory.ModelSpec("vgg11", {}, digits.CLASS_NAMES, normalization)
     return evaluation.Member(model, variables, spec, "test")
 
 
@@ -60,9 +63,9 @@ def checkpoint(tmp_path_factory):
     """A random-init digits model directory: evaluation is about arithmetic, not accuracy."""
     path = str(tmp_path_factory.mktemp("ckpt"))
     model = tiny_model()
-    spec = checkpoints.ModelSpec("vgg11", {"num_classes": 10, "width": 0.125, "image_size": 32,
+    spec = model_directory.ModelSpec("vgg11", {"num_classes": 10, "width": 0.125, "image_size": 32,
                                            "init_scheme": "glorot"}, digits.CLASS_NAMES, DIGITS)
-    checkpoints.save_model(path, init(model), spec)
+    model_directory.save_model(path, init(model), spec)
     return path
 
 
@@ -259,7 +262,7 @@ def test_table_on_digits_rows_and_a_row_computed_directly(checkpoint):
         assert 0 <= row["top5_error"] <= row["top1_error"] <= 100
 
     # Single crop at Q = 32 is the whole 32x32 digit through the fc head.
-    model, variables, spec = checkpoints.load_model(checkpoint)
+    model, variables, spec = model_directory.load_model(checkpoint)
     images, truth = digits.load("test")
     norm = spec.normalization
     x = (images[:24].astype(np.float32) - np.array(norm.mean_rgb, np.float32)) / np.array(norm.std_rgb, np.float32)
@@ -285,12 +288,12 @@ def test_bad_checkpoints_are_named(tmp_path, checkpoint):
     with pytest.raises(checkpoints.CheckpointError, match="no checkpoint directory"):
         evaluation.run(config, [str(tmp_path / "missing")])
     wrong_arch = str(tmp_path / "wrong_arch")  # says vgg13, holds vgg11 weights
-    checkpoints.save_model(wrong_arch, init(tiny_model()), checkpoints.ModelSpec(
+    model_directory.save_model(wrong_arch, init(tiny_model()), model_directory.ModelSpec(
         "vgg13", {"num_classes": 10, "width": 0.125, "image_size": 32}, None, DIGITS))
     with pytest.raises(checkpoints.CheckpointError, match="does not fit this model"):
         evaluation.run(config, [wrong_arch])
     imagenet = str(tmp_path / "imagenet")
-    checkpoints.save_model(imagenet, init(tiny_model(num_classes=1000)), checkpoints.ModelSpec(
+    model_directory.save_model(imagenet, init(tiny_model(num_classes=1000)), model_directory.ModelSpec(
         "vgg11", {"num_classes": 1000, "width": 0.125, "image_size": 32}, None, DIGITS))
     with pytest.raises(checkpoints.CheckpointError, match="has 1000 classes but the dataset digits has 10"):
         evaluation.run(config, [checkpoint, imagenet])
@@ -343,7 +346,7 @@ def best_is_not_latest(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("best_is_not_latest"))
     model = tiny_model()
     kwargs = {"num_classes": 10, "width": 0.125, "image_size": 32, "init_scheme": "glorot"}
-    meta = {"spec": checkpoints.ModelSpec("vgg11", kwargs, digits.CLASS_NAMES, DIGITS).to_dict()}
+    meta = {"spec": model_directory.ModelSpec("vgg11", kwargs, digits.CLASS_NAMES, DIGITS).to_dict()}
     manager = checkpoints.open_manager(os.path.join(workdir, "checkpoints"))
     for step, top1, favoured in ((4, 0.9, 0), (8, 0.5, 1)):
         variables = jax.tree.map(np.array, init(model))

@@ -11,8 +11,9 @@ import pytest
 
 from numerics import assert_float32_close
 import vgg_jax
-from vgg_jax import checkpoints, export
-from vgg_jax.normalization import TORCHVISION
+from vgg_jax.weights import model_directory
+from vgg_jax import export
+from vgg_jax.core.normalization import TORCHVISION
 
 # image_size 64: a 2x2 head window, so the dense head really slides (a 1x1 window is a flatten).
 KWARGS = {"num_classes": 7, "width": 0.125, "image_size": 64, "init_scheme": "glorot", "batch_norm": True}
@@ -69,7 +70,7 @@ def exported(tmp_path_factory):
     shapes = jax.eval_shape(model.init, jax.random.key(0), np.zeros((1, 64, 64, 3), np.float32))
     variables = jax.tree_util.tree_map_with_path(random_variable, shapes)
     source, out = tmp_path_factory.mktemp("model"), tmp_path_factory.mktemp("export")
-    checkpoints.save_model(source, variables, checkpoints.ModelSpec("vgg11_bn", KWARGS, NAMES, TORCHVISION))
+    model_directory.save_model(source, variables, model_directory.ModelSpec("vgg11_bn", KWARGS, NAMES, TORCHVISION))
     assert export.main(["--checkpoint", str(source), "--out", str(out), "--platforms", "cpu"]) == 0
     return model, variables, out
 

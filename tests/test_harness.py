@@ -19,7 +19,10 @@ import pytest
 from configs import default
 from test_input_pipeline import write_image
 from test_training import quick_config
-from vgg_jax import checkpoints, compilation, configuration, input_pipeline, reporting, run_files, steps, training
+from vgg_jax.core import checkpoints, compilation
+from vgg_jax.weights import model_directory
+from vgg_jax.train import configuration, reporting, run_files, steps, loop as training
+from vgg_jax.data import input_pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -52,7 +55,7 @@ def test_best_step_is_kept_through_resumes_and_is_what_loaders_use(tmp_path, mon
     root = checkpoints.model_root(tmp_path)
     assert sorted(checkpoints.step_metrics(root)) == [8, 28]  # latest 1 and the best survive
     assert checkpoints.default_step(root) == 8
-    assert checkpoints.load_variables(tmp_path)[2] == 8
+    assert model_directory.load_variables(tmp_path)[2] == 8
     assert results["best_step"] == 8 and results["best_val_top1"] == 0.9
     assert results["val_step"] == 28 and results["val_top1"] == 0.55
 
@@ -189,7 +192,7 @@ def finished_run(tmp_path_factory):
     """A 10-step run saved at steps 5 and 10, and its final variables."""
     workdir = str(tmp_path_factory.mktemp("finished"))
     training.train_and_evaluate(quick_config(num_steps=10, checkpoint_every_steps=5, eval_every_epochs=100), workdir)
-    return workdir, checkpoints.load_variables(workdir, 10)[0]
+    return workdir, model_directory.load_variables(workdir, 10)[0]
 
 
 def largest_file(directory):
@@ -232,7 +235,7 @@ def test_a_damaged_newest_step_falls_back_to_the_newest_readable_one(damage, fin
     assert len(warnings) == 1 and "step 10" in warnings[0] and "damaged-10" in warnings[0], warnings
     assert "resumed from" in caplog.text and "at step 5" in caplog.text
     assert results["step"] == 10 and os.path.isdir(os.path.join(root, "damaged-10"))
-    leaves_equal(checkpoints.load_variables(workdir, 10)[0], final_variables)  # steps 6-10 replayed
+    leaves_equal(model_directory.load_variables(workdir, 10)[0], final_variables)  # steps 6-10 replayed
 
 
 def test_loading_a_damaged_step_is_one_clear_error(finished_run, tmp_path):
@@ -243,7 +246,7 @@ def test_loading_a_damaged_step_is_one_clear_error(finished_run, tmp_path):
         for name in names:
             truncate(os.path.join(directory, name))
     with pytest.raises(checkpoints.UnreadableCheckpoint, match="step 10"):
-        checkpoints.load_variables(workdir, 10)
+        model_directory.load_variables(workdir, 10)
 
 
 # --- a full disk -----------------------------------------------------------------------------
@@ -304,7 +307,7 @@ def test_a_full_disk_stops_with_one_line_and_the_previous_checkpoint_stays(tiny_
     workdir = str(tiny_filesystem / "run")
     fill_at_save(monkeypatch, tiny_filesystem, save_number=2, room=lambda state: 0)
     assert full_disk_error(workdir).endswith("the newest readable step there is 5")
-    assert checkpoints.load_variables(workdir)[2] == 5  # intact, and what a resume would use
+    assert model_directory.load_variables(workdir)[2] == 5  # intact, and what a resume would use
 
 
 def test_a_disk_that_fills_while_the_first_save_is_in_flight_says_no_step_is_readable(tiny_filesystem, monkeypatch):
@@ -318,7 +321,7 @@ def test_a_disk_that_fills_while_the_first_save_is_in_flight_says_no_step_is_rea
     fill_at_save(monkeypatch, tiny_filesystem, save_number=1, room=quarter_of_the_parameters)
     assert full_disk_error(workdir).endswith("no step there is readable")
     with pytest.raises(checkpoints.CheckpointError, match="holds no checkpoint steps"):
-        checkpoints.load_variables(workdir)
+        model_directory.load_variables(workdir)
 
 
 @pytest.fixture
@@ -346,7 +349,7 @@ def test_a_read_only_workdir_stops_with_an_os_error_naming_the_file(read_only_vi
         training.train_and_evaluate(config, str(read_only / "run"))
     assert raised.value.errno == errno.EROFS and str(read_only / "run") in str(raised.value)
     assert isinstance(raised.value, training.USER_ERRORS)  # train.py prints it as one error line
-    assert checkpoints.load_variables(read_only / "run")[2] == 4
+    assert model_directory.load_variables(read_only / "run")[2] == 4
 
 
 # --- config validation -----------------------------------------------------------------------

@@ -8,8 +8,10 @@ from PIL import Image
 from sklearn.datasets import load_sample_images
 
 import vgg_jax
-from vgg_jax import checkpoints, predict
-from vgg_jax.normalization import PAPER
+from vgg_jax.core import checkpoints
+from vgg_jax.weights import model_directory
+from vgg_jax import predict
+from vgg_jax.core.normalization import PAPER
 
 KWARGS = {"num_classes": 10, "width": 0.125, "image_size": 32, "init_scheme": "glorot"}
 
@@ -33,8 +35,8 @@ def test_the_written_png_shows_a_map_a_class_name_and_a_colour_bar(tmp_path):
     neither the class nor what the colours mean."""
     model = vgg_jax.vgg11(**KWARGS)
     variables = model.init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))
-    checkpoints.save_model(tmp_path / "model", variables,
-                           checkpoints.ModelSpec("vgg11", KWARGS, [f"class {i}" for i in range(10)], PAPER))
+    model_directory.save_model(tmp_path / "model", variables,
+                           model_directory.ModelSpec("vgg11", KWARGS, [f"class {i}" for i in range(10)], PAPER))
     china = load_sample_images().images[0]  # 427 x 640
     Image.fromarray(china).save(tmp_path / "china.png")
     assert predict.main(["--checkpoint", str(tmp_path / "model"), "--heatmap", str(tmp_path / "map.png"),

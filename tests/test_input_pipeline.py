@@ -12,8 +12,8 @@ from sklearn.datasets import load_digits
 
 from benchmarks import datasets
 from configs.default import get_config
-from vgg_jax import digits
-from vgg_jax import input_pipeline as ip
+from vgg_jax.data import digits
+from vgg_jax.data import input_pipeline as ip
 from vgg_jax.data import pipeline
 
 

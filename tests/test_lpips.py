@@ -13,7 +13,9 @@ import torch
 from numerics import assert_float32_close
 import vgg_jax
 from test_weights import random_features_file
-from vgg_jax import checkpoints, lpips
+from vgg_jax.core import checkpoints
+from vgg_jax.weights import model_directory
+from vgg_jax import lpips
 from vgg_jax.weights import WeightsError, import_to_checkpoint
 
 
@@ -114,7 +116,7 @@ def test_bad_linear_weights_and_backbones_are_named(backbone, tmp_path):
             lpips.load(backbone[1])
     small = vgg_jax.vgg11(width=1 / 16, image_size=32, include_top=False)
     variables = checkpoints.abstract_variables(small)
-    checkpoints.save_model(tmp_path / "vgg11", jax.tree.map(lambda v: np.zeros(v.shape, v.dtype), variables),
-                           checkpoints.ModelSpec("vgg11", {"width": 1 / 16, "image_size": 32, "include_top": False}))
+    model_directory.save_model(tmp_path / "vgg11", jax.tree.map(lambda v: np.zeros(v.shape, v.dtype), variables),
+                           model_directory.ModelSpec("vgg11", {"width": 1 / 16, "image_size": 32, "include_top": False}))
     with pytest.raises(ValueError, match="defined on vgg16 features; .*vgg11 is vgg11"):
         lpips.load(tmp_path / "vgg11")

@@ -8,7 +8,7 @@ import torch
 
 from numerics import assert_float32_close
 import vgg_jax
-from vgg_jax.models import BLOCK_WIDTHS, LAYOUTS, local_response_norm, max_pool_2x2
+from vgg_jax.core.models import BLOCK_WIDTHS, LAYOUTS, local_response_norm, max_pool_2x2
 
 # PAPER.md: exact parameter counts with a 1000-way head (BN variants count scale and bias).
 PAPER_PARAM_COUNTS = {
@@ -241,7 +241,7 @@ def test_grad_inside_a_user_jitted_loss():
 
 
 def test_library_jit_keeps_convolutions_on_xla_with_the_same_results():
-    # vgg_jax.jit compiles with COMPILER_OPTIONS (see vgg_jax.compilation): XLA's own CPU
+    # vgg_jax.jit compiles with COMPILER_OPTIONS (see vgg_jax.core.compilation): XLA's own CPU
     # convolutions rather than YNNPACK fusions, and the same logits as a plain jax.jit.
     model = vgg_jax.vgg11(num_classes=3, width=0.125, image_size=32)
     variables = init_variables(model, 32)

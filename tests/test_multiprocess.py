@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from vgg_jax import checkpoints
+from vgg_jax.weights import model_directory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 24
@@ -84,7 +84,7 @@ def test_two_processes_train_stop_together_and_end_cleanly_when_one_is_lost(tmp_
     finish(start_pair(tmp_path), tmp_path)
     results = json.load(open(tmp_path / "results.json"))
     assert results["step"] == NUM_STEPS and results["val_count"] == 360  # each test digit once
-    variables, _, step = checkpoints.load_variables(tmp_path)
+    variables, _, step = model_directory.load_variables(tmp_path)
     assert step == NUM_STEPS
     assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(variables))
 
@@ -114,6 +114,6 @@ def test_two_processes_train_stop_together_and_end_cleanly_when_one_is_lost(tmp_
         f"the newest committed step in {root} is {stopped_at}: restart every process to resume from it"), last
 
     finish(start_pair(interrupted), interrupted)  # the restarted pair ends where the uninterrupted one did
-    resumed, _, step = checkpoints.load_variables(interrupted)
+    resumed, _, step = model_directory.load_variables(interrupted)
     assert step == NUM_STEPS
     jax.tree.map(np.testing.assert_array_equal, resumed, variables)

@@ -10,7 +10,8 @@ from flax import nnx
 from numerics import float32_tolerance
 import vgg_jax
 import vgg_jax.nnx
-from vgg_jax import checkpoints
+from vgg_jax.core import checkpoints
+from vgg_jax.weights import model_directory
 
 
 
@@ -42,8 +43,8 @@ def linen_and_directory(request, tmp_path_factory):
     model = vgg_jax.create_model(request.param, width=1 / 16, image_size=32, num_classes=3)
     variables = random_variables(model)
     directory = tmp_path_factory.mktemp("nnx") / request.param
-    spec = checkpoints.ModelSpec(request.param, {"width": 1 / 16, "image_size": 32, "num_classes": 3})
-    checkpoints.save_model(directory, variables, spec)
+    spec = model_directory.ModelSpec(request.param, {"width": 1 / 16, "image_size": 32, "num_classes": 3})
+    model_directory.save_model(directory, variables, spec)
     return model, variables, directory
 
 

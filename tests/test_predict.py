@@ -12,9 +12,10 @@ from sklearn.datasets import load_sample_images
 
 from numerics import assert_float32_close
 import vgg_jax
-from vgg_jax import checkpoints, predict
-from vgg_jax import preprocessing as pp
-from vgg_jax.normalization import PAPER
+from vgg_jax.weights import model_directory
+from vgg_jax import predict
+from vgg_jax.data import preprocessing as pp
+from vgg_jax.core.normalization import PAPER
 from test_evaluation import best_is_not_latest  # noqa: F401 - a fixture
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,7 +33,7 @@ def checkpoint(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("ckpt"))
     model = vgg_jax.vgg11(**KWARGS)
     variables = model.init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))
-    checkpoints.save_model(path, variables, checkpoints.ModelSpec("vgg11", KWARGS, NAMES, PAPER))
+    model_directory.save_model(path, variables, model_directory.ModelSpec("vgg11", KWARGS, NAMES, PAPER))
     return path
 
 
@@ -51,7 +52,7 @@ def photos(tmp_path_factory):
 
 @pytest.mark.slow
 def test_posterior_is_the_flip_averaged_dense_softmax(checkpoint, photos):
-    model, variables, spec = checkpoints.load_model(checkpoint)
+    model, variables, spec = model_directory.load_model(checkpoint)
     image = pp.load_image_file(photos["china"])
     posterior, scores = predict.predict(model, variables, spec, image, 48)
     x = spec.preprocess(image, 48)[0]  # the preprocessing is test_spec_preprocess's; here the maps and flips
@@ -83,14 +84,14 @@ def test_imagenet_class_names_are_the_standard_1000_in_order():
 
 
 def test_class_names(tmp_path):
-    spec = checkpoints.ModelSpec("vgg11", KWARGS, NAMES, PAPER)
+    spec = model_directory.ModelSpec("vgg11", KWARGS, NAMES, PAPER)
     assert predict.class_names(spec, 10) == NAMES
-    unnamed = checkpoints.ModelSpec("vgg11", KWARGS, None, PAPER)
+    unnamed = model_directory.ModelSpec("vgg11", KWARGS, None, PAPER)
     assert predict.class_names(unnamed, 7) == [str(i) for i in range(7)]
     readable = list(vgg_jax.imagenet_class_names())
     assert predict.class_names(unnamed, 1000) == readable
     # tfds's imagenet2012 label names are WordNet ids: a person reads the names instead.
-    wordnet = checkpoints.ModelSpec("vgg11", KWARGS, [f"n{i:08d}" for i in range(1000)], PAPER)
+    wordnet = model_directory.ModelSpec("vgg11", KWARGS, [f"n{i:08d}" for i in range(1000)], PAPER)
     assert predict.class_names(wordnet, 1000) == readable
 
 
@@ -131,7 +132,7 @@ def test_an_imagenet_model_prints_readable_names(photos, tmp_path, capsys):
     kwargs = {**KWARGS, "num_classes": 1000}
     model = vgg_jax.vgg11(**kwargs)
     variables = model.init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))
-    checkpoints.save_model(tmp_path / "imagenet", variables, checkpoints.ModelSpec("vgg11", kwargs, None, PAPER))
+    model_directory.save_model(tmp_path / "imagenet", variables, model_directory.ModelSpec("vgg11", kwargs, None, PAPER))
     assert predict.main(["--checkpoint", str(tmp_path / "imagenet"), photos["china"]]) == 0
     ranked = capsys.readouterr().out.splitlines()[1:6]
     names = vgg_jax.imagenet_class_names()

@@ -3,7 +3,7 @@
 import jax
 import numpy as np
 
-from vgg_jax import sharding
+from vgg_jax.core import sharding
 
 
 def local_batches(n, reads):

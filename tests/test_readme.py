@@ -10,7 +10,7 @@ directory. Tracebacks name README.md and its line numbers.
 Offline stand-ins, and nothing else: the blocks load ImageNet weights by name, which cannot be
 downloaded here. Only the loading entry points are replaced:
 
-- `vgg_jax.loading.load_variables` (the one resolver behind `vgg_jax.load`, `lpips.load`,
+- `vgg_jax.weights.loading.load_variables` (the one resolver behind `vgg_jax.load`, `lpips.load`,
   `vgg_jax.nnx.load` and export) keeps the real `classify` of the source but returns, instead
   of reading it, random He-normal variables of the same architecture at 1/16 width (the ImageNet
   head: 224 px crops, 1000 classes) and the spec the real source would give (its architecture,
@@ -41,9 +41,12 @@ from PIL import Image
 from numerics import assert_float32_close
 from random_nets import he_normal_variables
 import vgg_jax
-from vgg_jax import checkpoints, loading, lpips
-from vgg_jax.class_names import imagenet_class_names
-from vgg_jax.normalization import TORCHVISION
+from vgg_jax.core import checkpoints
+from vgg_jax.weights import model_directory
+from vgg_jax.weights import loading
+from vgg_jax import lpips
+from vgg_jax.core.class_names import imagenet_class_names
+from vgg_jax.core.normalization import TORCHVISION
 from vgg_jax import weights
 from vgg_jax.weights import registry
 
@@ -126,8 +129,8 @@ def prelude(**names) -> dict:
 _VARIABLES: dict[str, dict] = {}
 
 
-def stand_in(arch: str, normalization, class_names) -> tuple[dict, checkpoints.ModelSpec]:
-    spec = checkpoints.ModelSpec(arch, {**HEAD, "width": WIDTH}, class_names, normalization)
+def stand_in(arch: str, normalization, class_names) -> tuple[dict, model_directory.ModelSpec]:
+    spec = model_directory.ModelSpec(arch, {**HEAD, "width": WIDTH}, class_names, normalization)
     if arch not in _VARIABLES:
         _VARIABLES[arch] = he_normal_variables(spec.build(), seed=len(_VARIABLES), image_size=HEAD["image_size"])
     return _VARIABLES[arch], spec

@@ -9,7 +9,7 @@ import pytest
 import vgg_jax
 from configs import default as default_config
 from numerics import assert_float32_close
-from vgg_jax import configuration
+from vgg_jax.train import configuration
 
 # Config A with BN and LRN: every kind of layer a conv block holds.
 SMALL = dict(layout="A", batch_norm=True, lrn=True, width=1 / 16, image_size=32, num_classes=5)
@@ -46,7 +46,7 @@ def test_remat_keeps_variable_names_and_results():
 @pytest.mark.slow
 def test_remat_recomputes_each_block_and_needs_less_memory():
     # XLA:CPU would merge the recomputation back into the forward pass (CSE) were the barriers
-    # expanded first; vgg_jax.jit keeps them (vgg_jax.compilation).
+    # expanded first; vgg_jax.jit keeps them (vgg_jax.core.compilation).
     def compiled(model):
         images = jax.ShapeDtypeStruct((16, 64, 64, 3), jnp.float32)
         variables = jax.eval_shape(model.init, jax.random.key(0), images)

@@ -17,7 +17,11 @@ from flax import nnx
 import vgg_jax
 import vgg_jax.nnx
 from test_weights import TorchvisionVGG
-from vgg_jax import checkpoints, evaluation, loading, lpips, normalization, predict, preinit
+from vgg_jax.core import checkpoints, normalization
+from vgg_jax.evaluate import ensemble as evaluation
+from vgg_jax.weights import loading
+from vgg_jax import lpips, predict
+from vgg_jax.train import preinit
 from vgg_jax.weights import WeightsError, download, import_to_checkpoint, import_weights, registry
 from configs import default
 

@@ -6,7 +6,8 @@ from PIL import Image
 from sklearn.datasets import load_sample_images
 
 from numerics import float32_tolerance
-from vgg_jax import checkpoints, normalization
+from vgg_jax.core import normalization
+from vgg_jax.weights import model_directory
 
 KWARGS = {"num_classes": 10, "width": 0.125, "image_size": 64}
 
@@ -17,7 +18,7 @@ def test_a_flat_colour_becomes_the_weights_normalised_values(convention):
     """Catches a missing or wrong normalisation (the channel order of Caffe/Keras weights, the
     std of torchvision's) and a wrong output shape. Resampling keeps a flat colour flat, so the
     expected values are the closed form, in float64."""
-    spec = checkpoints.ModelSpec("vgg11", KWARGS, None, convention)
+    spec = model_directory.ModelSpec("vgg11", KWARGS, None, convention)
     pixel = np.array([200.0, 100.0, 50.0])
     batch = spec.preprocess(np.full((30, 45, 3), pixel, np.uint8), 48)
     expected = (pixel - np.array(convention.mean_rgb)) / np.array(convention.std_rgb)
@@ -31,7 +32,7 @@ def test_a_flat_colour_becomes_the_weights_normalised_values(convention):
 def test_a_file_and_its_pixels_give_the_same_batch_at_the_models_own_size_by_default(tmp_path):
     """Catches a file decoded differently from an array (channel order, alpha) and a default
     scale other than the model's image_size."""
-    spec = checkpoints.ModelSpec("vgg11", KWARGS, None, normalization.TORCHVISION)
+    spec = model_directory.ModelSpec("vgg11", KWARGS, None, normalization.TORCHVISION)
     flower = load_sample_images().images[1]  # 427 x 640
     Image.fromarray(flower).save(tmp_path / "flower.png")
     from_file = spec.preprocess(tmp_path / "flower.png")

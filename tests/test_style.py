@@ -15,9 +15,10 @@ from numerics import assert_float32_close, float32_tolerance
 from random_nets import he_normal_variables
 import vgg_jax
 from test_weights import random_features_file
-from vgg_jax import checkpoints, style, stylize
-from vgg_jax import preprocessing as pp
-from vgg_jax.normalization import TORCHVISION
+from vgg_jax.weights import model_directory
+from vgg_jax import style, stylize
+from vgg_jax.data import preprocessing as pp
+from vgg_jax.core.normalization import TORCHVISION
 from vgg_jax.weights import import_weights
 
 STYLE_WEIGHT = 1e3  # both terms of a similar size, so neither hides the other's errors
@@ -180,8 +181,8 @@ def test_stylize_inside_jit_lowers_the_loss_tenfold(narrow_vgg19, photos):
 def narrow_model_dir(narrow_vgg19, tmp_path_factory):
     model, variables = narrow_vgg19
     path = tmp_path_factory.mktemp("model")
-    spec = checkpoints.ModelSpec("vgg19", {"width": 0.125, "include_top": False}, None, TORCHVISION)
-    checkpoints.save_model(path, variables, spec)
+    spec = model_directory.ModelSpec("vgg19", {"width": 0.125, "include_top": False}, None, TORCHVISION)
+    model_directory.save_model(path, variables, spec)
     return str(path)
 
 

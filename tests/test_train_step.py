@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import vgg_jax
-from vgg_jax import run_files, sharding, steps, training
+from vgg_jax.train import run_files, steps, loop as training
+from vgg_jax.core import sharding
 
 
 def train_config(**overrides):

@@ -15,8 +15,11 @@ import tensorflow_datasets as tfds
 
 import vgg_jax
 from configs import default
-from vgg_jax import augmentation, checkpoints, input_pipeline, preinit, steps, training
-from vgg_jax.normalization import PAPER
+from vgg_jax.data import augmentation, input_pipeline
+from vgg_jax.core import checkpoints
+from vgg_jax.weights import model_directory
+from vgg_jax.train import preinit, steps, loop as training
+from vgg_jax.core.normalization import PAPER
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -66,7 +69,7 @@ def test_quickstart_config_learns(tmp_path):
     assert json.load(open(tmp_path / "results.json"))["step"] == 90
     assert json.load(open(tmp_path / "config.json"))["model"]["arch"] == "vgg11_bn"
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path))
-    model, variables, spec = checkpoints.load_model(tmp_path)
+    model, variables, spec = model_directory.load_model(tmp_path)
     assert spec.class_names == [str(d) for d in range(10)] and model.num_classes == 10
 
 
@@ -134,8 +137,8 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path, caplog):
     assert f"resumed from {interrupted} at step {terminated['step']}" in caplog.text
     straight = training.train_and_evaluate(config, str(tmp_path / "straight"))
     assert resumed["step"] == straight["step"] == 40
-    jax.tree.map(np.testing.assert_array_equal, checkpoints.load_variables(interrupted)[0],
-                 checkpoints.load_variables(tmp_path / "straight")[0])
+    jax.tree.map(np.testing.assert_array_equal, model_directory.load_variables(interrupted)[0],
+                 model_directory.load_variables(tmp_path / "straight")[0])
 
 
 def tiny_variables(arch, seed, **kwargs):
@@ -168,8 +171,8 @@ def test_preinit_copies_exactly_the_paper_layers(target_arch):
 @pytest.mark.slow
 def test_preinit_through_training_logs_and_uses_net_a(tmp_path, caplog):
     model, source = tiny_variables("vgg11", seed=1)
-    spec = checkpoints.ModelSpec("vgg11", {"num_classes": 10, "width": 0.125, "image_size": 32}, None, PAPER)
-    checkpoints.save_model(tmp_path / "net_a", source, spec)
+    spec = model_directory.ModelSpec("vgg11", {"num_classes": 10, "width": 0.125, "image_size": 32}, None, PAPER)
+    model_directory.save_model(tmp_path / "net_a", source, spec)
     config = quick_config(num_steps=1, eval_every_epochs=100, init_from=str(tmp_path / "net_a"))
     config.model.arch = "vgg13"
     with caplog.at_level("INFO", logger="vgg_jax.train"):

@@ -8,8 +8,9 @@ import tensorflow_datasets as tfds
 
 import vgg_jax
 from configs import cats_vs_dogs, default, flowers
-from vgg_jax import checkpoints, training
-from vgg_jax.normalization import TORCHVISION
+from vgg_jax.weights import model_directory
+from vgg_jax.train import loop as training
+from vgg_jax.core.normalization import TORCHVISION
 from vgg_jax.weights import registry
 
 
@@ -26,10 +27,10 @@ def save_pretrained(directory, num_classes=1000):
     recorded as the cache records its conversion of the published file."""
     model = vgg_jax.vgg16(num_classes=num_classes, width=0.125, image_size=32)
     variables = jax.tree.map(np.asarray, model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
-    spec = checkpoints.ModelSpec("vgg16", {"num_classes": num_classes, "width": 0.125, "image_size": 32},
+    spec = model_directory.ModelSpec("vgg16", {"num_classes": num_classes, "width": 0.125, "image_size": 32},
                                  None, TORCHVISION)
     published = registry.lookup("vgg16")
-    checkpoints.save_model(directory, variables, spec, {"file": published.file_name, "sha256": published.digest})
+    model_directory.save_model(directory, variables, spec, {"file": published.file_name, "sha256": published.digest})
     return variables
 
 
@@ -44,7 +45,7 @@ def test_transfer_configs_train_a_new_head_on_mock_data(tmp_path, monkeypatch, c
     assert config.train.init_from == "pretrained:vgg16"
     with tfds.testing.mock_data(num_examples=16):
         training.train_and_evaluate(config, str(tmp_path / "head"))
-    variables, spec, _ = checkpoints.load_variables(tmp_path / "head")
+    variables, spec, _ = model_directory.load_variables(tmp_path / "head")
     assert spec.model_kwargs["num_classes"] == classes and spec.normalization == TORCHVISION
     assert variables["params"]["fc8"]["kernel"].shape[-1] == classes
     for layer in ("conv1_1", "conv5_3", "fc6", "fc7"):  # frozen backbone: bit-identical
@@ -56,7 +57,7 @@ def test_transfer_configs_train_a_new_head_on_mock_data(tmp_path, monkeypatch, c
     config.train.init_from = str(tmp_path / "head")
     with tfds.testing.mock_data(num_examples=16):
         training.train_and_evaluate(config, str(tmp_path / "finetune"))
-    tuned, _, _ = checkpoints.load_variables(tmp_path / "finetune")
+    tuned, _, _ = model_directory.load_variables(tmp_path / "finetune")
     assert not np.array_equal(tuned["params"]["conv1_1"]["kernel"], pretrained["params"]["conv1_1"]["kernel"])
 
 
@@ -66,12 +67,12 @@ def test_new_head_on_a_digits_trained_backbone_learns(tmp_path):
     config.model.width = 0.125
     config.train.update(batch_size=32, num_steps=120, eval_every_epochs=100)
     trained = training.train_and_evaluate(config, str(tmp_path / "digits"))
-    backbone, _, _ = checkpoints.load_variables(tmp_path / "digits")
+    backbone, _, _ = model_directory.load_variables(tmp_path / "digits")
 
     config.train.update(num_steps=40, init_from=str(tmp_path / "digits"), init_layers="backbone",
                         backbone_lr_multiplier=0.0)
     results = training.train_and_evaluate(config, str(tmp_path / "head"))
-    head, _, _ = checkpoints.load_variables(tmp_path / "head")
+    head, _, _ = model_directory.load_variables(tmp_path / "head")
     np.testing.assert_array_equal(head["params"]["fc7"]["kernel"], backbone["params"]["fc7"]["kernel"])
     assert not np.allclose(head["params"]["fc8"]["kernel"], backbone["params"]["fc8"]["kernel"])
     # A fresh fc8 on frozen features recovers most of what the whole net had learnt.

@@ -14,13 +14,16 @@ import pytest
 import vgg_jax
 from random_nets import he_normal_variables
 from test_weights import random_features_file
-from vgg_jax import checkpoints, export, predict, spec_fields
-from vgg_jax.normalization import PAPER, TORCHVISION
+from vgg_jax.core import checkpoints
+from vgg_jax.weights import model_directory
+from vgg_jax.weights import spec_fields
+from vgg_jax import export, predict
+from vgg_jax.core.normalization import PAPER, TORCHVISION
 from vgg_jax.weights import WeightsError, cli, download, registry
 
 KWARGS = {"num_classes": 10, "width": 1 / 16, "image_size": 32}
 NAMES = [f"class {i}" for i in range(10)]
-SPEC = checkpoints.ModelSpec("vgg11", KWARGS, NAMES, PAPER)
+SPEC = model_directory.ModelSpec("vgg11", KWARGS, NAMES, PAPER)
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +35,7 @@ def variables():
 def saved(tmp_path_factory, variables):
     """A valid tiny model directory, as save_model writes it (orbax's OCDBT layout)."""
     path = tmp_path_factory.mktemp("saved") / "model"
-    checkpoints.save_model(path, variables, SPEC)
+    model_directory.save_model(path, variables, SPEC)
     return path
 
 
@@ -113,7 +116,7 @@ def test_stored_shapes_and_dtypes_are_checked_against_the_spec_before_any_array_
         edit_zarray(root, name, **fields)
     with pytest.raises(checkpoints.CheckpointError, match=f"^the checkpoint at {root} step 0 does not fit "
                                                           rf"this model \(its spec's\): {message}"):
-        checkpoints.load_variables(root)
+        model_directory.load_variables(root)
 
 
 SPEC_FIELDS = {  # name -> (spec change, message after 'spec.')
@@ -161,7 +164,7 @@ def test_each_spec_field_is_bounded_and_named_in_one_line(attack, saved, tmp_pat
     root = copy_of(saved, tmp_path)
     edit_meta(root, lambda meta: change(meta["spec"]))
     with pytest.raises(checkpoints.CheckpointError, match=f"^{root} step 0: spec.{message}") as refused:
-        checkpoints.load_variables(root)
+        model_directory.load_variables(root)
     assert "\n" not in str(refused.value) and "\x1b" not in str(refused.value) and "\u202e" not in str(refused.value)
 
 
@@ -172,9 +175,9 @@ def test_a_model_over_the_size_of_the_largest_vgg_is_refused_and_the_largest_imp
     edit_meta(root, lambda meta: meta["spec"].update(arch="vgg19", model_kwargs={"image_size": 512}, class_names=None))
     with pytest.raises(checkpoints.CheckpointError, match=rf"^{root} step 0: spec: its model's variables would "
                                                           r"take 2.31 GB, over the 1.07 GB of the largest VGG"):
-        checkpoints.load_variables(root)
+        model_directory.load_variables(root)
     largest = vgg_jax.create_model("vgg19_bn", num_classes=spec_fields.MAX_CLASSES)
-    checkpoints.expected_variables(largest, root, 0)
+    model_directory.expected_variables(largest, root, 0)
 
 
 def test_symbolic_links_and_special_files_in_a_model_directory_are_refused(saved, tmp_path, no_restore):
@@ -186,16 +189,16 @@ def test_symbolic_links_and_special_files_in_a_model_directory_are_refused(saved
     os.remove(meta_path(root))
     os.symlink(outside, meta_path(root))
     with pytest.raises(checkpoints.CheckpointError, match=f"^{root}: '0/meta/metadata' is a symbolic link"):
-        checkpoints.load_variables(root)
+        model_directory.load_variables(root)
     os.remove(meta_path(root))
     os.mkfifo(meta_path(root))
     with pytest.raises(checkpoints.CheckpointError, match=f"^{root}: '0/meta/metadata' is neither a file nor"):
-        checkpoints.load_variables(root)
+        model_directory.load_variables(root)
     workdir = tmp_path / "run"
     workdir.mkdir()
     os.symlink(saved, workdir / "checkpoints")
     with pytest.raises(checkpoints.CheckpointError, match="checkpoints is a symbolic link"):
-        checkpoints.load_variables(workdir)
+        model_directory.load_variables(workdir)
 
 
 def test_json_files_are_bounded_before_they_are_parsed(saved, tmp_path, no_restore):
@@ -204,23 +207,23 @@ def test_json_files_are_bounded_before_they_are_parsed(saved, tmp_path, no_resto
     edit_meta(root, lambda meta: meta["spec"].update(class_names=["x" * 256] * 40000))
     with pytest.raises(checkpoints.CheckpointError, match=rf"^{root}: '0/meta/metadata' has \d+ bytes, over the "
                                                           "8388608 such a file may have"):
-        checkpoints.load_variables(root)
+        model_directory.load_variables(root)
 
 
 def test_nan_or_infinite_parameters_are_refused(variables, tmp_path):
     """Catches weights that make every score NaN loading without a word."""
     root = tmp_path / "model"
-    checkpoints.save_model(root, with_leaf(variables, "fc7", "bias", np.full(16 * 16, np.inf, np.float32)), SPEC)
+    model_directory.save_model(root, with_leaf(variables, "fc7", "bias", np.full(16 * 16, np.inf, np.float32)), SPEC)
     with pytest.raises(checkpoints.CheckpointError, match=f"^{root} step 0: params/fc7/bias: NaN or infinite"):
-        checkpoints.load_variables(root)
+        model_directory.load_variables(root)
 
 
 def test_predict_refuses_a_model_without_its_head_in_one_line(variables, tmp_path, capsys):
     """Catches predict failing deep inside (an IndexError traceback) on a headless model."""
     root = tmp_path / "headless"
     headless = {"params": {k: v for k, v in variables["params"].items() if k.startswith("conv")}}
-    spec = checkpoints.ModelSpec("vgg11", {**KWARGS, "include_top": False}, None, PAPER)
-    checkpoints.save_model(root, headless, spec)
+    spec = model_directory.ModelSpec("vgg11", {**KWARGS, "include_top": False}, None, PAPER)
+    model_directory.save_model(root, headless, spec)
     assert predict.main(["--checkpoint", str(root), str(tmp_path / "any.jpg")]) == 1
     err = capsys.readouterr().err
     assert err == f"error: {root} (step 0) has no classifier head (include_top=False): predict needs fc6-fc8\n"
@@ -235,7 +238,7 @@ def cache(tmp_path, monkeypatch, variables):
     weights = registry.WeightSet("tiny", "vgg11", "http://127.0.0.1:9/tiny-0123abcd.pth", "sha256", "0123abcd", PAPER)
     monkeypatch.setitem(registry.WEIGHT_SETS, "tiny", weights)
     monkeypatch.setenv(download.HOME_VARIABLE, str(tmp_path / "cache"))
-    checkpoints.save_model(tmp_path / "cache" / "tiny", variables, SPEC,
+    model_directory.save_model(tmp_path / "cache" / "tiny", variables, SPEC,
                            {"file": weights.file_name, "sha256": "0123abcd" + "5" * 56})
     return tmp_path / "cache" / "tiny"
 
@@ -248,7 +251,7 @@ def test_the_cache_loads_what_it_converted(cache, variables):
 
 
 PLANTS = {
-    "planted without a record": lambda root, variables: checkpoints.save_model(root, variables, SPEC),
+    "planted without a record": lambda root, variables: model_directory.save_model(root, variables, SPEC),
     "recorded from another file": lambda root, _: edit_meta(root, lambda m: m["source"].update(sha256="0" * 64)),
     "spec edited": lambda root, _: edit_meta(root, lambda m: m["spec"]["normalization"].update(mean_rgb=[0, 0, 0])),
     "arrays replaced": lambda root, variables: replace_arrays(root, variables),
@@ -262,7 +265,7 @@ def replace_arrays(root, variables):
     meta = json.load(open(meta_path(root)))
     changed = jax.tree.map(lambda a: a + np.float32(1e-3), variables)
     shutil.rmtree(root)
-    checkpoints.save_model(root, changed, SPEC)
+    model_directory.save_model(root, changed, SPEC)
     json.dump(meta, open(meta_path(root), "w"))
 
 
@@ -280,7 +283,7 @@ def test_a_planted_or_edited_cache_directory_is_refused_with_how_to_get_it_again
 def test_download_says_a_planted_directory_is_not_ready(cache, variables, capsys):
     """Catches `weights download NAME` answering 'ready' for a directory the cache did not convert."""
     shutil.rmtree(cache)
-    checkpoints.save_model(cache, variables, SPEC)
+    model_directory.save_model(cache, variables, SPEC)
     with pytest.raises(SystemExit) as exit_:
         cli.main(["download", "tiny"])
     err = capsys.readouterr().err
@@ -344,7 +347,7 @@ def test_import_replaces_an_earlier_import_and_leaves_its_neighbours(weight_file
         assert capsys.readouterr().out.startswith(f"wrote {out}: vgg11")
     assert os.listdir(out) == ["0"] and sorted(os.listdir(tmp_path)) == ["0", "2019", "7", "models", "other"]
     assert os.listdir(tmp_path / "models") == ["vgg11"]  # no temporaries left
-    assert checkpoints.load_variables(out)[1].normalization == TORCHVISION
+    assert model_directory.load_variables(out)[1].normalization == TORCHVISION
 
 
 def test_export_replaces_only_an_earlier_export(tmp_path):

@@ -15,7 +15,8 @@ from safetensors.numpy import save_file as save_safetensors
 
 from numerics import assert_float32_close
 import vgg_jax
-from vgg_jax import checkpoints, normalization
+from vgg_jax.core import normalization
+from vgg_jax.weights import model_directory
 from vgg_jax.weights import WeightsError, head_fields, import_weights
 from vgg_jax.weights.cli import main
 
@@ -330,7 +331,7 @@ def test_cli_writes_a_model_directory_with_a_new_classifier(tmp_path, capsys):
     main(["import", str(tmp_path / "vgg11.pth"), "--arch", "vgg11", "--out", str(tmp_path / "model"),
           "--num_classes", "5"])
     assert "wrote" in capsys.readouterr().out
-    model, variables, spec = checkpoints.load_model(tmp_path / "model")
+    model, variables, spec = model_directory.load_model(tmp_path / "model")
     assert (spec.arch, spec.normalization, model.num_classes, model.image_size) == (
         "vgg11", normalization.TORCHVISION, 5, 32)
     imported, _ = import_weights(tmp_path / "vgg11.pth", "vgg11")

@@ -8,7 +8,7 @@ import pytest
 
 import vgg_jax
 from numerics import float32_tolerance
-from vgg_jax import winograd
+from vgg_jax.core import winograd
 
 
 def direct(x, kernel):

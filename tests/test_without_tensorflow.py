@@ -10,13 +10,15 @@ import numpy as np
 import pytest
 
 from configs import synthetic as synthetic_config
-from vgg_jax import configuration, devices, input_pipeline, synthetic
-from vgg_jax.tensorboard_writer import ScalarWriter
+from vgg_jax.train import configuration
+from vgg_jax.core import devices
+from vgg_jax.data import input_pipeline, synthetic
+from vgg_jax.train.tensorboard_writer import ScalarWriter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CORE = ("vgg_jax", "vgg_jax.models", "vgg_jax.checkpoints", "vgg_jax.weights", "vgg_jax.training",
-        "vgg_jax.evaluation", "vgg_jax.features", "vgg_jax.lpips", "vgg_jax.nnx", "vgg_jax.input_pipeline",
-        "vgg_jax.preprocessing", "vgg_jax.configuration", "vgg_jax.synthetic", "vgg_jax.data.decode",
+CORE = ("vgg_jax", "vgg_jax.core.models", "vgg_jax.core.checkpoints", "vgg_jax.weights", "vgg_jax.train.loop",
+        "vgg_jax.evaluate.ensemble", "vgg_jax.features", "vgg_jax.lpips", "vgg_jax.nnx", "vgg_jax.data.input_pipeline",
+        "vgg_jax.data.preprocessing", "vgg_jax.train.configuration", "vgg_jax.data.synthetic", "vgg_jax.data.decode",
         "vgg_jax.data.transforms", "vgg_jax.data.sources", "vgg_jax.data.folders", "vgg_jax.data.imagenet",
         "vgg_jax.data.pipeline", "vgg_jax.data.tfds")
 
@@ -50,7 +52,8 @@ READ_WITHOUT_TENSORFLOW = """
 import sys
 from PIL import Image
 from configs.default import get_config
-from vgg_jax import configuration, input_pipeline as ip
+from vgg_jax.train import configuration
+from vgg_jax.data import input_pipeline as ip
 root = sys.argv[1]
 for name in ("a", "b"):
     for split in ("train", "val"):
@@ -62,8 +65,9 @@ for source in ("digits", f"folder:{root}", f"imagenet:{root}"):
     batch = next(ip.train_batches(config, global_batch_size=2, seed=0, process_index=0, process_count=1))
     val = next(ip.eval_batches(config, global_batch_size=2, process_index=0, process_count=1))
     assert batch["image"].shape == val["image"].shape == (2, 32, 32, 3) and val["mask"].all(), source
-from vgg_jax import checkpoints  # spec.preprocess, what predict and the README's examples call
-spec = checkpoints.ModelSpec("vgg11", {"num_classes": 2, "width": 0.125, "image_size": 32})
+from vgg_jax.core import checkpoints  # spec.preprocess, what predict and the README's examples call
+from vgg_jax.weights import model_directory
+spec = model_directory.ModelSpec("vgg11", {"num_classes": 2, "width": 0.125, "image_size": 32})
 assert spec.preprocess(f"{root}/train/n0000000a/0.JPEG", 48).shape == (1, 48, 64, 3)
 print("read without tensorflow")
 """

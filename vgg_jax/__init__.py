@@ -1,42 +1,28 @@
-"""vgg_jax: VGG (Simonyan & Zisserman, 2015) in JAX/Flax."""
+"""vgg_jax: VGG (Simonyan & Zisserman, 2015) in JAX/Flax.
 
-import functools
+What users import is at this level: the networks by name (`vgg16`, `create_model`), `jit`,
+`load` / `pretrained` / `import_weights`, and the applications built on the network, one module
+each: `features`, `lpips`, `style`, `nnx`, `export`, and the `predict` and `stylize` command lines.
+What they are built from lives in the wings, each importing only the wings listed:
 
-from vgg_jax.class_names import imagenet_class_names
-from vgg_jax.compilation import COMPILER_OPTIONS, jit
-from vgg_jax.models import LAYOUTS, VGG
+  core/      the network, checkpoints and model directories, compilation, devices (imports no wing)
+  data/      image sources, decoding, the host's and the device's preprocessing (core)
+  weights/   every model source: model directories, runs, pretrained sets, weight files (core)
+  train/     the paper's training: config check, steps, loop, run files, pre-initialisation (core, data, weights)
+  evaluate/  the paper's testing: single, dense and multi-crop, ensembles, error tables (core, data, weights)
+"""
 
-# Named constructors: partials over the one VGG module (config letters from the paper).
-vgg11 = functools.partial(VGG, layout="A")
-vgg11_lrn = functools.partial(VGG, layout="A", lrn=True)
-vgg13 = functools.partial(VGG, layout="B")
-vgg16_conv1 = functools.partial(VGG, layout="C")
-vgg16 = functools.partial(VGG, layout="D")
-vgg19 = functools.partial(VGG, layout="E")
-vgg11_bn = functools.partial(VGG, layout="A", batch_norm=True)
-vgg13_bn = functools.partial(VGG, layout="B", batch_norm=True)
-vgg16_bn = functools.partial(VGG, layout="D", batch_norm=True)
-vgg19_bn = functools.partial(VGG, layout="E", batch_norm=True)
-
-ARCHITECTURES = {
-    "vgg11": vgg11, "vgg11_lrn": vgg11_lrn, "vgg13": vgg13, "vgg16_conv1": vgg16_conv1,
-    "vgg16": vgg16, "vgg19": vgg19, "vgg11_bn": vgg11_bn, "vgg13_bn": vgg13_bn,
-    "vgg16_bn": vgg16_bn, "vgg19_bn": vgg19_bn,
-}
-
-
-def create_model(arch: str, **kwargs) -> VGG:
-    """The VGG named `arch` (one of ARCHITECTURES), with VGG's fields as keyword arguments."""
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")
-    return ARCHITECTURES[arch](**kwargs)
+from vgg_jax.core.class_names import imagenet_class_names
+from vgg_jax.core.compilation import COMPILER_OPTIONS, jit
+from vgg_jax.core.models import (ARCHITECTURES, LAYOUTS, VGG, create_model, vgg11, vgg11_bn, vgg11_lrn, vgg13, vgg13_bn,
+                                 vgg16, vgg16_bn, vgg16_conv1, vgg19, vgg19_bn)
 
 
 def __getattr__(name: str):
-    """`load` (vgg_jax.loading), `pretrained` and `import_weights` (vgg_jax.weights), imported on
+    """`load` (vgg_jax.weights.loading), `pretrained` and `import_weights` (vgg_jax.weights), imported on
     first use (they bring orbax, h5py and safetensors, which a plain `import vgg_jax` does not need)."""
     if name == "load":
-        from vgg_jax import loading
+        from vgg_jax.weights import loading
 
         return loading.load
     if name in ("pretrained", "import_weights"):
@@ -47,4 +33,5 @@ def __getattr__(name: str):
 
 
 __all__ = ["VGG", "LAYOUTS", "COMPILER_OPTIONS", "jit", "ARCHITECTURES", "create_model", "imagenet_class_names",
-           "load", "pretrained", "import_weights", *ARCHITECTURES]
+           "load", "pretrained", "import_weights", "vgg11", "vgg11_lrn", "vgg13", "vgg16_conv1", "vgg16", "vgg19",
+           "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn"]

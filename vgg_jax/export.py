@@ -32,7 +32,9 @@ from absl import flags
 from flax import traverse_util
 
 import vgg_jax
-from vgg_jax import checkpoints, command_line, directory_writes, loading
+from vgg_jax.core import command_line, directory_writes
+from vgg_jax.weights import model_directory
+from vgg_jax.weights import loading
 from vgg_jax.predict import class_names
 
 ARTEFACTS = {"logits": "logits.jax", "scores": "scores.jax"}
@@ -57,7 +59,7 @@ def _known_platforms(platforms: list[str]) -> bool:
     return True
 
 
-def inference_function(model: vgg_jax.VGG, spec: checkpoints.ModelSpec, dense: bool):
+def inference_function(model: vgg_jax.VGG, spec: model_directory.ModelSpec, dense: bool):
     """(flat weights, float32 RGB pixels) -> logits, or score maps if `dense`."""
     model = model.clone(conv_algorithm="direct")  # Winograd's choice reads concrete sizes
 
@@ -68,7 +70,7 @@ def inference_function(model: vgg_jax.VGG, spec: checkpoints.ModelSpec, dense: b
     return infer
 
 
-def export_model(model: vgg_jax.VGG, variables: dict, spec: checkpoints.ModelSpec,
+def export_model(model: vgg_jax.VGG, variables: dict, spec: model_directory.ModelSpec,
                  platforms: tuple[str, ...] = ("cpu", "cuda")) -> tuple[dict[str, bytes], dict[str, np.ndarray], dict]:
     """({artefact file: serialised bytes}, flat weights, model.json's contents)."""
     if not model.include_top:

@@ -22,9 +22,10 @@ import numpy as np
 from flax import struct
 
 import vgg_jax
-from vgg_jax import loading, normalization
+from vgg_jax.weights import loading
+from vgg_jax.core import normalization
 from vgg_jax.features import PERCEPTUAL_NAMES, extract_features
-from vgg_jax.models import BLOCK_WIDTHS
+from vgg_jax.core.models import BLOCK_WIDTHS
 from vgg_jax.weights import WeightsError
 from vgg_jax.weights.conversion import HEAD_LAYERS, open_weights, read_float32
 

@@ -17,7 +17,8 @@ from flax import nnx
 from flax.nnx.bridge.variables import linen_vars_to_nnx_attrs
 
 import vgg_jax
-from vgg_jax import checkpoints, loading
+from vgg_jax.weights import model_directory
+from vgg_jax.weights import loading
 
 
 class VGG(nnx.bridge.ToNNX):
@@ -44,7 +45,7 @@ def from_linen(model: vgg_jax.VGG, variables: dict, rngs: nnx.Rngs | None = None
 
 
 def load(source: str | os.PathLike, arch: str | None = None,
-         rngs: nnx.Rngs | None = None) -> tuple[VGG, checkpoints.ModelSpec]:
+         rngs: nnx.Rngs | None = None) -> tuple[VGG, model_directory.ModelSpec]:
     """(module, spec) from any source `vgg_jax.load` takes (a workdir, a model directory, a weight
     file with its `arch`, `pretrained:NAME` or NAME); `spec.preprocess(image, scale)` feeds it."""
     model, variables, spec = loading.load(source, arch)

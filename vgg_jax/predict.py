@@ -9,7 +9,7 @@ directory, a weight file with --arch, or a pretrained set, `pretrained:vgg16` or
 (downloaded on first use: `python -m vgg_jax.weights list`).
 
 Each image is rescaled so that its smallest side is Q (--scale, default: the model's image_size)
-and evaluated densely with flip averaging (`vgg_jax.evaluation`), as in the paper's testing.
+and evaluated densely with flip averaging (`vgg_jax.evaluate.ensemble`), as in the paper's testing.
 The heatmap is the top class's score map at --heatmap_scale (default: image_size + 160, the
 paper's Q = 384 for a 224 crop, a 6-position map across the smallest side; at Q = image_size
 the map would be one position), with the class name and a colour bar beneath the image.
@@ -28,9 +28,11 @@ import tqdm  # noqa: E402
 from absl import flags  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
-from vgg_jax import checkpoints, command_line, compilation, evaluation  # noqa: E402
-from vgg_jax import preprocessing as pp  # noqa: E402
-from vgg_jax.class_names import IMAGENET_CLASSES, imagenet_class_names  # noqa: E402
+from vgg_jax.core import command_line, compilation  # noqa: E402
+from vgg_jax.weights import model_directory
+from vgg_jax.evaluate import ensemble as evaluation
+from vgg_jax.data import preprocessing as pp  # noqa: E402
+from vgg_jax.core.class_names import IMAGENET_CLASSES, imagenet_class_names  # noqa: E402
 
 FLAGS = flags.FlagValues()  # this CLI's own, so that importing it defines no global flags
 flags.DEFINE_string("checkpoint", None, "a training workdir, model directory, weight file (with --arch), "
@@ -50,7 +52,7 @@ FIGURE_MIN_WIDTH = 320  # px: smaller images are enlarged so that the legend fit
 PROGRESS_FROM = 8  # images: fewer print their results before a bar would help
 
 
-def class_names(spec: checkpoints.ModelSpec, num_classes: int) -> list[str]:
+def class_names(spec: model_directory.ModelSpec, num_classes: int) -> list[str]:
     """The checkpoint's names, except that ImageNet nets (1000 classes) without names or with
     WordNet ids (n01440764, tfds's imagenet2012 labels) get the readable ImageNet names; else
     the class indices."""

@@ -20,7 +20,7 @@ import os
 
 import numpy as np
 
-from vgg_jax import class_names as names
+from vgg_jax.core import class_names as names
 from vgg_jax.data import folders, sources
 from vgg_jax.data.sources import DatasetError
 

@@ -5,9 +5,9 @@ are read by seeking: epoch e reads the process's shards in an order keyed on (se
 windows of `shuffle_window` records, each window permuted with a key on (seed, e, window). A
 restart opens the shard holding its window's first record, skips inside it (at most one shard)
 and reads one window: the same work as a fresh start. Crops draw from stateless RNGs keyed on
-(seed, process, position) and are made by tf.image (`vgg_jax.preprocessing`). A split tfds holds
+(seed, process, position) and are made by tf.image (`vgg_jax.data.preprocessing`). A split tfds holds
 in memory (`tfds.testing.mock_data`) becomes an EncodedSource read by Grain instead.
-TensorFlow is imported when a split is first built (`vgg_jax.lazy_tensorflow`); this is the
+TensorFlow is imported when a split is first built (`vgg_jax.data.lazy_tensorflow`); this is the
 only data module that uses it.
 """
 
@@ -20,9 +20,9 @@ from typing import Iterator
 
 import numpy as np
 
-from vgg_jax import preprocessing as pp
+from vgg_jax.data import preprocessing as pp
 from vgg_jax.data.sources import EncodedSource, SkippedFiles
-from vgg_jax.lazy_tensorflow import tf, tfds
+from vgg_jax.data.lazy_tensorflow import tf, tfds
 
 
 def _shuffled(values, key):

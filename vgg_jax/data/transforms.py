@@ -4,7 +4,7 @@ Rescale isotropically so that the smallest side is S (train; fixed, or drawn per
 [scale_min, scale_max]) or Q (evaluation), and cut a crop x crop window: computed in the
 original pixels and resized alone, which gives the pixels of rescaling the whole image and
 cropping it (up to resampling at the window's border) at a fraction of the cost. The window
-arithmetic is tf.image's (`vgg_jax.preprocessing.crop_window`), float32 and round-half-even.
+arithmetic is tf.image's (`vgg_jax.data.preprocessing.crop_window`), float32 and round-half-even.
 
 Interpolation: Pillow's BILINEAR, a triangle filter widened by the shrink factor when
 shrinking (antialiased), plain bilinear with half-pixel centres when enlarging: the filter of
@@ -13,7 +13,7 @@ weights were trained with. The two differ only in rounding (Pillow rounds its 8-
 weights; tf.image computes in float32). OpenCV's INTER_AREA (a box filter) measured ~20% faster
 per resize but 10x further from tf.image's pixels (README, Performance).
 Flip, colour shift and normalisation are arithmetic and run on the device
-(`vgg_jax.augmentation`).
+(`vgg_jax.data.augmentation`).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import sys
 from absl import flags
 
 import vgg_jax
-from vgg_jax import checkpoints, command_line
+from vgg_jax.core import checkpoints, command_line
 from vgg_jax.weights import conversion, download, registry
 from vgg_jax.weights.errors import WeightsError
 

@@ -1,7 +1,7 @@
 """torchvision / timm / Keras tensors -> our Flax variables, and model directories from files.
 
 Every format is turned into a table `file key -> (our variable, conversion)` built from the
-layout table (`vgg_jax.models.LAYOUTS`), so one walk over the layout serves all eight
+layout table (`vgg_jax.core.models.LAYOUTS`), so one walk over the layout serves all eight
 torchvision variants.
 
 Conversions: torch conv kernels are OIHW (ours HWIO); torch flattens pool5 in CHW order before
@@ -25,8 +25,10 @@ from flax import traverse_util
 from safetensors import safe_open
 
 import vgg_jax
-from vgg_jax import checkpoints, normalization, spec_fields
-from vgg_jax.models import BLOCK_WIDTHS, DOWNSAMPLING, FC_WIDTH, LAYOUTS, initializers
+from vgg_jax.core import checkpoints, normalization
+from vgg_jax.weights import model_directory
+from vgg_jax.weights import spec_fields
+from vgg_jax.core.models import BLOCK_WIDTHS, DOWNSAMPLING, FC_WIDTH, LAYOUTS, initializers
 from vgg_jax.weights.errors import WeightsError
 from vgg_jax.weights.file_tensors import FLOAT_DTYPES, FileTensor, file_errors, is_float, untrusted
 from vgg_jax.weights.keras_files import open_keras
@@ -281,12 +283,12 @@ def new_classifier(model: vgg_jax.VGG, num_classes: int, seed: int = 0) -> dict:
 
 
 def import_to_checkpoint(path: str, arch: str, out: str, num_classes: int | None = None,
-                         class_names: list[str] | None = None, source: dict | None = None) -> checkpoints.ModelSpec:
+                         class_names: list[str] | None = None, source: dict | None = None) -> model_directory.ModelSpec:
     """Imports `path` and writes it as a model directory; `num_classes` other than the file's
     replaces fc8 by a fresh one. `class_names` go into the spec for predict and users; `source`
     (the cache's record of the file) into its meta item. An existing `out` that is not an
-    earlier model directory is refused before the file is read (`checkpoints.save_model`)."""
-    checkpoints.check_output(out)
+    earlier model directory is refused before the file is read (`model_directory.save_model`)."""
+    model_directory.check_output(out)
     variables, convention = import_weights(path, arch)
     model = vgg_jax.create_model(arch)
     fields = head_fields(variables["params"], model)
@@ -295,9 +297,9 @@ def import_to_checkpoint(path: str, arch: str, out: str, num_classes: int | None
             raise WeightsError(f"{path} has no classifier to resize: drop --num_classes")
         params = {**variables["params"], "fc8": new_classifier(model, num_classes)}
         variables, fields = {**variables, "params": params}, {**fields, "num_classes": num_classes}
-    spec = checkpoints.ModelSpec(arch, fields, class_names, convention)
+    spec = model_directory.ModelSpec(arch, fields, class_names, convention)
     try:
-        checkpoints.save_model(out, variables, spec, source)
+        model_directory.save_model(out, variables, spec, source)
     except (OSError, checkpoints.CheckpointSaveError) as error:
         raise WeightsError(f"cannot write the model directory {out}: {checkpoints.os_error_text(error)}") from error
     return spec

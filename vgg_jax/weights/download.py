@@ -25,9 +25,10 @@ import urllib.request
 import filelock
 import tqdm
 
-from vgg_jax import checkpoints
-from vgg_jax.class_names import imagenet_class_names
-from vgg_jax.directory_writes import remove, temporary_path
+from vgg_jax.core import checkpoints
+from vgg_jax.weights import model_directory
+from vgg_jax.core.class_names import imagenet_class_names
+from vgg_jax.core.directory_writes import remove, temporary_path
 from vgg_jax.weights import conversion, registry
 from vgg_jax.weights.errors import WeightsError
 
@@ -137,7 +138,7 @@ def cache_record(directory: str, weights: registry.WeightSet) -> dict:
     published file; a WeightsError saying how to get it again for any other directory, planted
     or converted from another file (checked before any array is read)."""
     try:
-        _, _, meta = checkpoints.open_model(directory)
+        _, _, meta = model_directory.open_model(directory)
         problem = record_problem(meta, weights)
     except checkpoints.CheckpointError as error:
         problem = str(error)
@@ -186,17 +187,17 @@ def ensure_model(name: str, directory: str | os.PathLike | None = None, progress
     return directory
 
 
-def load_pretrained(name: str) -> tuple[dict, checkpoints.ModelSpec, int]:
+def load_pretrained(name: str) -> tuple[dict, model_directory.ModelSpec, int]:
     """(variables, spec, step) of the pretrained set `name` (`ensure_model`), whose content must
     be what was converted: its spec and arrays hash to the digest recorded at conversion."""
     weights = registry.lookup(name)
     directory = ensure_model(name)
     record = cache_record(directory, weights)
     try:
-        variables, spec, step = checkpoints.load_variables(directory)
+        variables, spec, step = model_directory.load_variables(directory)
     except checkpoints.CheckpointError as error:
         raise WeightsError(not_converted_here(directory, weights, str(error))) from None
-    if record.get(checkpoints.CONTENT_DIGEST) != checkpoints.content_digest(variables, spec):
+    if record.get(model_directory.CONTENT_DIGEST) != model_directory.content_digest(variables, spec):
         raise WeightsError(not_converted_here(directory, weights, "its content changed since it was converted"))
     return variables, spec, step
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from vgg_jax import normalization
-from vgg_jax.normalization import Normalization
+from vgg_jax.core import normalization
+from vgg_jax.core.normalization import Normalization
 from vgg_jax.weights.errors import WeightsError
 
 

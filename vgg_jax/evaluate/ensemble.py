@@ -45,7 +45,10 @@ import tqdm
 from jax.experimental import multihost_utils
 
 import vgg_jax
-from vgg_jax import augmentation, checkpoints, compilation, input_pipeline, loading, models, sharding
+from vgg_jax.data import augmentation, input_pipeline
+from vgg_jax.core import checkpoints, compilation, models, sharding
+from vgg_jax.weights import model_directory
+from vgg_jax.weights import loading
 
 log = logging.getLogger("vgg_jax.eval")
 
@@ -61,7 +64,7 @@ class Member:
 
     model: vgg_jax.VGG
     variables: dict
-    spec: checkpoints.ModelSpec
+    spec: model_directory.ModelSpec
     source: str
 
 

@@ -20,7 +20,9 @@ from typing import Any
 import jax
 import ml_collections
 
-from vgg_jax import checkpoints, configuration, steps
+from vgg_jax.core import checkpoints
+from vgg_jax.weights import model_directory
+from vgg_jax.train import configuration, steps
 
 log = logging.getLogger("vgg_jax.train")
 RECENT_LINES = 8  # progress lines a checkpoint remembers (the divergence check's recent level)
@@ -37,7 +39,7 @@ class WorkdirInUse(RuntimeError):
 @dataclasses.dataclass
 class Progress:
     """The host-side record a checkpoint carries besides the state (its 'meta' item)."""
-    spec: checkpoints.ModelSpec
+    spec: model_directory.ModelSpec
     best_top1: float = -1.0  # plateau tracking: best validation top-1 so far
     evals_without_gain: int = 0
     lr_drops: list = dataclasses.field(default_factory=list)  # [{"step", "learning_rate"}]
@@ -58,7 +60,7 @@ class Progress:
     @classmethod
     def from_meta(cls, meta: dict) -> "Progress":
         fields = {k: v for k, v in meta.items() if k in {f.name for f in dataclasses.fields(cls)}}
-        return cls(**{**fields, "spec": checkpoints.ModelSpec.from_dict(meta["spec"])})
+        return cls(**{**fields, "spec": model_directory.ModelSpec.from_dict(meta["spec"])})
 
 
 # Config fields whose change on resume would change which examples the run sees, or its schedule.
@@ -179,8 +181,8 @@ def workdir_lock(workdir: str):
         yield
 
 
-def check_same_model(meta: dict, spec: checkpoints.ModelSpec, workdir: str) -> None:
-    found = checkpoints.ModelSpec.from_dict(meta["spec"])
+def check_same_model(meta: dict, spec: model_directory.ModelSpec, workdir: str) -> None:
+    found = model_directory.ModelSpec.from_dict(meta["spec"])
     ours = (spec.arch, spec.model_kwargs["num_classes"], spec.model_kwargs["width"], spec.model_kwargs["image_size"])
     theirs = (found.arch, found.model_kwargs["num_classes"], found.model_kwargs["width"], found.model_kwargs["image_size"])
     if ours != theirs:

@@ -13,9 +13,9 @@ import jax
 import ml_collections
 
 import vgg_jax
-from vgg_jax import input_pipeline, synthetic
+from vgg_jax.data import input_pipeline, synthetic
 from vgg_jax.data.decode import DEFAULT_MAX_PIXELS
-from vgg_jax.lazy_tensorflow import MissingTensorFlow, tf, tfds
+from vgg_jax.data.lazy_tensorflow import MissingTensorFlow, tf, tfds
 
 SCHEDULES = ("plateau", "step", "cosine")
 DTYPES = ("float32", "bfloat16")
@@ -85,10 +85,10 @@ def model_problems(model) -> list[str]:
     if not 0 <= model.dropout_rate < 1:
         problems.append(f"model.dropout_rate={model.dropout_rate!r} must be in [0, 1)")
     problems += one_of("model.dtype", model.dtype, DTYPES)
-    problems += one_of("model.init_scheme", model.init_scheme, vgg_jax.models.INIT_SCHEMES)
+    problems += one_of("model.init_scheme", model.init_scheme, vgg_jax.core.models.INIT_SCHEMES)
     if not isinstance(model.num_classes, int) or model.num_classes < 0:
         problems.append(f"model.num_classes={model.num_classes!r} must be 0 (the dataset's) or a positive count")
-    problems += one_of("model.conv_algorithm", model.conv_algorithm, vgg_jax.models.CONV_ALGORITHMS)
+    problems += one_of("model.conv_algorithm", model.conv_algorithm, vgg_jax.core.models.CONV_ALGORITHMS)
     if not isinstance(model.remat, bool):
         problems.append(f"model.remat={model.remat!r} must be True or False")
     return problems

@@ -26,12 +26,15 @@ import numpy as np
 import optax
 
 import vgg_jax
-from vgg_jax import (augmentation, checkpoints, compilation, configuration, input_pipeline, preinit, reporting,
-                     run_files, sharding, steps, weights)
-from vgg_jax.normalization import Normalization
-from vgg_jax.run_files import Progress
-from vgg_jax.steps import TrainState
-from vgg_jax.tensorboard_writer import ScalarWriter
+from vgg_jax.data import augmentation, input_pipeline
+from vgg_jax.core import checkpoints, compilation, sharding
+from vgg_jax.weights import model_directory
+from vgg_jax.train import configuration, preinit, reporting, run_files, steps
+from vgg_jax import weights
+from vgg_jax.core.normalization import Normalization
+from vgg_jax.train.run_files import Progress
+from vgg_jax.train.steps import TrainState
+from vgg_jax.train.tensorboard_writer import ScalarWriter
 
 log = logging.getLogger("vgg_jax.train")
 
@@ -235,7 +238,7 @@ def restore_or_initialise(run: Run) -> tuple[TrainState, Progress]:
         return sharding.replicate(run_files.apply_config_changes(run.workdir, run.config, state), run.mesh), progress
     variables, normalization = preinit.initial_variables(config, run.model)
     normalization = normalization or Normalization(tuple(config.data.mean_rgb), tuple(config.data.std_rgb))
-    spec = checkpoints.ModelSpec(config.model.arch, model_kwargs(config, run.model.num_classes),
+    spec = model_directory.ModelSpec(config.model.arch, model_kwargs(config, run.model.num_classes),
                                  run.info.class_names, normalization)
     state = steps.create_train_state(run.model, run.tx, config.train.seed, variables)
     return sharding.replicate(state, run.mesh), Progress(spec)
@@ -248,7 +251,7 @@ def restore(run: Run, step: int) -> tuple[TrainState, Progress]:
     with checkpoints.read_errors(root, step):
         meta = checkpoints.read_meta(root, step)
         progress = Progress.from_meta(meta)
-    spec = checkpoints.ModelSpec(run.config.model.arch, model_kwargs(run.config, run.model.num_classes))
+    spec = model_directory.ModelSpec(run.config.model.arch, model_kwargs(run.config, run.model.num_classes))
     run_files.check_same_model(meta, spec, run.workdir)
     run_files.check_config_changes(run.workdir, run.config)
     template = jax.eval_shape(lambda v: steps.create_train_state(run.model, run.tx, run.config.train.seed, v),

@@ -16,8 +16,8 @@ Each failure is a ValueError "<field>: <value>: <reason>" (file strings shown es
 from __future__ import annotations
 
 import vgg_jax
-from vgg_jax import models
-from vgg_jax.normalization import finite_float
+from vgg_jax.core import models
+from vgg_jax.core.normalization import finite_float
 
 MAX_CLASSES = 21843  # ImageNet-21k's classes: the most any published VGG head has
 MAX_IMAGE_SIZE = 512

@@ -2,7 +2,7 @@
 
 The host makes pixels: decode, the crop window, the isotropic rescale, and uint8 out
 (`to_pixels`). The arithmetic (flip, colour shift, normalisation) runs on the device, inside the
-jitted steps (`vgg_jax.augmentation`). Train, eval and predict compose the same ops. Images are
+jitted steps (`vgg_jax.data.augmentation`). Train, eval and predict compose the same ops. Images are
 HxWx3 on a 0-255 scale. Crop placement is drawn by the caller from stateless seeds, so an
 example's crop is a function of (run seed, example position) and a restarted run reproduces it.
 The tfds path (`vgg_jax.data.tfds`) uses these ops; `load_image_file` and `evaluation_input`
@@ -17,8 +17,8 @@ import numpy as np
 
 from vgg_jax.data import decode as data_decode
 from vgg_jax.data import transforms
-from vgg_jax.lazy_tensorflow import tf  # imported at the first op: `import vgg_jax.preprocessing` needs no TF
-from vgg_jax.normalization import Normalization
+from vgg_jax.data.lazy_tensorflow import tf  # imported at the first op: `import vgg_jax.data.preprocessing` needs no TF
+from vgg_jax.core.normalization import Normalization
 
 
 def decode(data: tf.Tensor) -> tf.Tensor:

@@ -19,5 +19,5 @@ IMAGENET_CLASSES = 1000
 @functools.cache
 def imagenet_class_names() -> tuple[str, ...]:
     """Index -> name, e.g. 281 -> 'tabby, tabby cat'."""
-    text = resources.files("vgg_jax").joinpath("imagenet_classes.txt").read_text(encoding="utf-8")
+    text = resources.files("vgg_jax.core").joinpath("imagenet_classes.txt").read_text(encoding="utf-8")
     return tuple(text.splitlines())

@@ -1,8 +1,8 @@
 """Input pipeline: every data source -> uint8 numpy batches, the same for train, eval and resume.
 
 Sources (`data.source`):
-  'digits'          scikit-learn's handwritten digits (offline; `vgg_jax.digits`)
-  'synthetic[:C]'   generated class patterns (`vgg_jax.synthetic`)
+  'digits'          scikit-learn's handwritten digits (offline; `vgg_jax.data.digits`)
+  'synthetic[:C]'   generated class patterns (`vgg_jax.data.synthetic`)
   'folder:PATH'     PATH/<class>/<image> (`vgg_jax.data.folders`)
   'imagenet:PATH'   ILSVRC-2012 as downloaded (`vgg_jax.data.imagenet`)
   any other name    a tensorflow-datasets dataset through tf.data (`vgg_jax.data.tfds`; needs
@@ -21,7 +21,7 @@ What the host yields (any source feeding the jitted steps yields the same): pixe
   eval_batches    the same plus 'mask': bool [b] (False on padding and on unreadable files)
   eval_images     (uint8 [H, W, 3] with min(H, W) = Q, int label), one image at a time
 Flip, colour shift and normalisation run on the device inside the jitted steps
-(`vgg_jax.augmentation`), keyed on (seed, step, index in the global batch).
+(`vgg_jax.data.augmentation`), keyed on (seed, step, index in the global batch).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import Iterator
 import jax
 import numpy as np
 
-from vgg_jax import digits, synthetic
+from vgg_jax.data import digits, synthetic
 from vgg_jax.data import folders, imagenet, pipeline, tfds
 from vgg_jax.data.pipeline import TRAIN_ATTEMPTS, Layout
 from vgg_jax.data.sources import DatasetError, ImageSource, SkippedFiles

@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vgg_jax import winograd
+from vgg_jax.core import winograd
 
 # Kernel size of every conv, block by block; block b has width BLOCK_WIDTHS[b]. Config C's
 # 1x1 convs are the only kernels that are not 3x3.
@@ -174,7 +174,7 @@ class VGG(nn.Module):
     init_scheme: str = "paper"
     dtype: Any = jnp.float32  # compute dtype; parameters stay float32
     remat: bool = False  # recompute each conv block's activations in the backward pass (less memory)
-    # "winograd": F(4x4, 3x3) on the float32 3x3 layers where it is faster on CPU (vgg_jax.winograd)
+    # "winograd": F(4x4, 3x3) on the float32 3x3 layers where it is faster on CPU (vgg_jax.core.winograd)
     conv_algorithm: str = "direct"
     # "avg": average instead of max pooling (Gatys et al.'s style transfer); the same weights serve both
     pool: str = "max"
@@ -254,3 +254,29 @@ class VGG(nn.Module):
         scores = fc(self.num_classes, name="fc8")(x)
         self.sow("intermediates", "scores", scores)
         return scores
+
+
+# Named constructors: partials over the one VGG module (config letters from the paper).
+vgg11 = functools.partial(VGG, layout="A")
+vgg11_lrn = functools.partial(VGG, layout="A", lrn=True)
+vgg13 = functools.partial(VGG, layout="B")
+vgg16_conv1 = functools.partial(VGG, layout="C")
+vgg16 = functools.partial(VGG, layout="D")
+vgg19 = functools.partial(VGG, layout="E")
+vgg11_bn = functools.partial(VGG, layout="A", batch_norm=True)
+vgg13_bn = functools.partial(VGG, layout="B", batch_norm=True)
+vgg16_bn = functools.partial(VGG, layout="D", batch_norm=True)
+vgg19_bn = functools.partial(VGG, layout="E", batch_norm=True)
+
+ARCHITECTURES = {
+    "vgg11": vgg11, "vgg11_lrn": vgg11_lrn, "vgg13": vgg13, "vgg16_conv1": vgg16_conv1,
+    "vgg16": vgg16, "vgg19": vgg19, "vgg11_bn": vgg11_bn, "vgg13_bn": vgg13_bn,
+    "vgg16_bn": vgg16_bn, "vgg19_bn": vgg19_bn,
+}
+
+
+def create_model(arch: str, **kwargs) -> VGG:
+    """The VGG named `arch` (one of ARCHITECTURES), with VGG's fields as keyword arguments."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")
+    return ARCHITECTURES[arch](**kwargs)

@@ -15,7 +15,8 @@ from __future__ import annotations
 import os
 
 import vgg_jax
-from vgg_jax import checkpoints
+from vgg_jax.core import checkpoints
+from vgg_jax.weights import model_directory
 from vgg_jax.weights import conversion, download, registry
 
 PRETRAINED_PREFIX = "pretrained:"
@@ -40,7 +41,7 @@ def classify(source: str | os.PathLike) -> tuple[str, str]:
     return "pretrained", path
 
 
-def load_variables(source: str | os.PathLike, arch: str | None = None) -> tuple[dict, checkpoints.ModelSpec, str]:
+def load_variables(source: str | os.PathLike, arch: str | None = None) -> tuple[dict, model_directory.ModelSpec, str]:
     """(variables, spec, origin) of `source` (see the module docstring); origin names what was
     read, e.g. 'runs/default (step 352)'. A source that is none of those raises CheckpointError,
     an unknown `pretrained:NAME` WeightsError (both ValueErrors), naming it."""
@@ -49,16 +50,16 @@ def load_variables(source: str | os.PathLike, arch: str | None = None) -> tuple[
         variables, spec, step = download.load_pretrained(path)
         return variables, spec, f"{PRETRAINED_PREFIX}{path} (step {step})"
     if kind == "directory":
-        variables, spec, step = checkpoints.load_variables(path)
+        variables, spec, step = model_directory.load_variables(path)
         return variables, spec, f"{path} (step {step})"
     if arch is None:
         raise ValueError(f"{path} is a weight file: name its architecture (arch='vgg16', --arch=vgg16)")
     variables, convention = conversion.import_weights(path, arch)
     fields = conversion.head_fields(variables["params"], vgg_jax.create_model(arch))
-    return variables, checkpoints.ModelSpec(arch, fields, None, convention), f"{path} ({arch})"
+    return variables, model_directory.ModelSpec(arch, fields, None, convention), f"{path} ({arch})"
 
 
-def fitted_model(spec: checkpoints.ModelSpec, variables: dict, origin: str, **overrides) -> vgg_jax.VGG:
+def fitted_model(spec: model_directory.ModelSpec, variables: dict, origin: str, **overrides) -> vgg_jax.VGG:
     """The model `spec` describes, checked to fit `variables` (a clear error naming `origin` if not)."""
     model = spec.build(**overrides)
     checkpoints.check_fits(model, variables, source=origin)
@@ -66,7 +67,7 @@ def fitted_model(spec: checkpoints.ModelSpec, variables: dict, origin: str, **ov
 
 
 def load(source: str | os.PathLike, arch: str | None = None,
-         **overrides) -> tuple[vgg_jax.VGG, dict, checkpoints.ModelSpec]:
+         **overrides) -> tuple[vgg_jax.VGG, dict, model_directory.ModelSpec]:
     """(model, variables, spec) ready for `model.apply(variables, images)`, from any `source`
     (a workdir, a model directory, a weight file with its `arch`, `pretrained:NAME` or NAME);
     `overrides` are VGG fields (e.g. dtype). `spec.preprocess(image, scale)` feeds it."""

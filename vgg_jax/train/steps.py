@@ -19,8 +19,9 @@ import ml_collections
 import optax
 
 import vgg_jax
-from vgg_jax import augmentation, compilation, input_pipeline, sharding
-from vgg_jax.normalization import Normalization
+from vgg_jax.data import augmentation, input_pipeline
+from vgg_jax.core import compilation, sharding
+from vgg_jax.core.normalization import Normalization
 
 
 @flax.struct.dataclass

@@ -20,7 +20,7 @@ def define_process_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 
 
 def initialize_processes(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-    from vgg_jax import sharding  # JAX: imported once the command line is known to be good
+    from vgg_jax.core import sharding  # JAX: imported once the command line is known to be good
 
     sharding.initialize_processes(flag_values.coordinator, flag_values.num_processes, flag_values.process_id)
 

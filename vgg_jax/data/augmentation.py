@@ -1,13 +1,13 @@
 """The arithmetic of the paper's preprocessing, on the device: flip, colour shift, normalisation.
 
-The host's work ends at uint8 pixels (decode, crop window, resize: `vgg_jax.preprocessing`);
+The host's work ends at uint8 pixels (decode, crop window, resize: `vgg_jax.data.preprocessing`);
 the rest is a few operations per pixel, which an accelerator does in microseconds and a host
 core in a third of its time per image. They run here, in jax.numpy, inside the jitted train and
 eval steps, on any source that yields uint8 batches (TensorFlow is not involved).
 
 Randomness: the example at index i of the global batch of step k draws its flip and colour
 shift from the stateless key fold_in(fold_in(PRNGKey(seed), k), i). The batch at step k is a
-function of (config, seed, k) (`vgg_jax.input_pipeline`), so a resumed run draws the same.
+function of (config, seed, k) (`vgg_jax.data.input_pipeline`), so a resumed run draws the same.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from vgg_jax.normalization import Normalization
+from vgg_jax.core.normalization import Normalization
 
 # AlexNet's PCA of ImageNet RGB pixels on a 0-1 scale: eigenvalues, eigenvectors as columns.
 IMAGENET_EIGVAL = (0.2175, 0.0188, 0.0045)

@@ -14,8 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vgg_jax import compilation, loading
-from vgg_jax.checkpoints import CheckpointError, shape_mismatches
+from vgg_jax.core import compilation
+from vgg_jax.weights import loading
+from vgg_jax.core.checkpoints import CheckpointError, shape_mismatches
 
 log = logging.getLogger("vgg_jax.train")
 
