@@ -104,7 +104,7 @@ def main(argv):
     import jax  # seconds to import
 
     from vgg_jax.core import checkpoints, devices
-    from vgg_jax.evaluate import ensemble as evaluation
+    from vgg_jax.evaluate import ensemble
     from vgg_jax.weights import loading
 
     command_line.initialize_processes()
@@ -113,13 +113,13 @@ def main(argv):
         for path in paths:  # a wrong source is named before the data are looked for
             loading.classify(path)
         config = data_config(FLAGS, paths)
-        results = evaluation.run(config, paths, scales, arch=FLAGS.arch, batch_size=FLAGS.batch_size,
+        results = ensemble.run(config, paths, scales, arch=FLAGS.arch, batch_size=FLAGS.batch_size,
                                  num_images=FLAGS.num_images)
     except (checkpoints.CheckpointError, ValueError) as error:  # WeightsError is a ValueError
         sys.exit(f"error: {error}")
     if jax.process_index() == 0:  # every process evaluated its shard; the table is the whole split's
-        print(evaluation.format_table(results))
-        for path in evaluation.write_results(results, FLAGS.out or FLAGS.workdir or "."):
+        print(ensemble.format_table(results))
+        for path in ensemble.write_results(results, FLAGS.out or FLAGS.workdir or "."):
             print(f"wrote {path}")
 
 

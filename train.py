@@ -34,7 +34,7 @@ def ignore_closed_event_loops(unraisable):
 def main(argv):
     del argv
     from vgg_jax.core import checkpoints, devices
-    from vgg_jax.train import loop as training
+    from vgg_jax.train import faults, loop
 
     command_line.initialize_processes()
     command_line.configure_logging()
@@ -43,10 +43,10 @@ def main(argv):
     devices.log_devices()
     workdir = flags.FLAGS.workdir or os.path.join("runs", flags.FLAGS.config.name)
     try:
-        results = training.train_and_evaluate(flags.FLAGS.config, workdir)
-    except training.USER_ERRORS as error:  # what the user can fix gets one line; bugs keep their traceback
+        results = loop.train_and_evaluate(flags.FLAGS.config, workdir)
+    except loop.USER_ERRORS as error:  # what the user can fix gets one line; bugs keep their traceback
         sys.exit(f"error: {error}")
-    except training.LostProcess as error:
+    except faults.LostProcess as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         # Now, before jax.distributed's shutdown at exit waits for the lost process (up to its
         # shutdown timeout) and its coordination client then aborts with a C++ stack trace.

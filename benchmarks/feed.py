@@ -22,10 +22,10 @@ import jax
 import vgg_jax
 from benchmarks import pipeline
 from configs import default
-from vgg_jax.data import augmentation, input_pipeline
 from vgg_jax.core import sharding
-from vgg_jax.train import steps
 from vgg_jax.core.normalization import PAPER
+from vgg_jax.data import augmentation, input_pipeline
+from vgg_jax.train import steps
 
 
 def timed_steps(step, state, batches, num_steps: int) -> tuple[object, float]:

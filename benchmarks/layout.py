@@ -36,7 +36,9 @@ COMPREHENSION = re.compile(r"(\.<locals>\.<(listcomp|dictcomp|setcomp|genexpr)>)
 # Layering: a unit must not import any unit equal to or under these (itself excepted).
 RULES = {
     "vgg_jax/core": ("vgg_jax",),
-    "vgg_jax/data": ("vgg_jax/train", "vgg_jax/evaluate", "vgg_jax/training.py", "vgg_jax/evaluation.py"),
+    "vgg_jax/data": ("vgg_jax/train", "vgg_jax/evaluate", "vgg_jax/weights"),
+    "vgg_jax/weights": ("vgg_jax/train", "vgg_jax/evaluate"),
+    "vgg_jax/evaluate": ("vgg_jax/train",),
 }
 
 
@@ -157,12 +159,12 @@ class Walk:
             self.config_moves.add(move)
 
 
-def training_module():
-    """Whichever of vgg_jax.train and vgg_jax.training defines train_and_evaluate."""
-    for name in (f"{PACKAGE}.train", f"{PACKAGE}.training"):
-        if importlib.util.find_spec(name) and hasattr(module := importlib.import_module(name), "train_and_evaluate"):
-            return module
-    sys.exit(f"no train_and_evaluate in {PACKAGE}.train or {PACKAGE}.training")
+def training_module(sources: dict):
+    """The module that defines train_and_evaluate, wherever the layout puts it."""
+    for name, (_, tree) in sources.items():
+        if any(isinstance(node, ast.FunctionDef) and node.name == "train_and_evaluate" for node in tree.body):
+            return importlib.import_module(name)
+    sys.exit(f"no train_and_evaluate in {PACKAGE}")
 
 
 def tiny_config():
@@ -178,7 +180,7 @@ def tiny_config():
 def report_walk(sources: dict, graph: dict[str, set[str]], listed: bool) -> None:
     import ml_collections
 
-    module = training_module()
+    module = training_module(sources)
     walk, config = Walk(sources, ml_collections.ConfigDict), tiny_config()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as workdir:

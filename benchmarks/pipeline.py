@@ -39,8 +39,7 @@ from PIL import Image
 from sklearn.datasets import load_sample_images
 
 from configs import default
-from vgg_jax.data import input_pipeline as ip
-from vgg_jax.data import decode, folders, transforms
+from vgg_jax.data import decode, folders, input_pipeline as ip, transforms
 
 BEFORE = "ea13bed765ed122712ff3284170d4766b8f8e268"  # main before the Grain path (issue 27)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -24,8 +24,8 @@ import torch
 import vgg_jax
 from benchmarks.workloads import ARCHS, forward_flops, interleaved_medians, jax_functions
 from configs import default as default_config
-from vgg_jax.evaluate import ensemble as evaluation
 from vgg_jax.core.models import BLOCK_WIDTHS, FC_WIDTH, LAYOUTS
+from vgg_jax.evaluate import methods
 
 DENSE_SIZE = 384  # the paper's smallest test scale Q for dense evaluation
 MATMUL_SIZE = 4096
@@ -129,12 +129,12 @@ def evaluation_costs(batch: int, rounds: int, rng: np.random.Generator) -> dict[
     """VGG-16 evaluation, as vgg_jax.evaluate.ensemble runs it: dense evaluation at Q=384 over its conv
     stack alone on the same images, and multi-crop crops/s (one image's 5x5 grid and mirrors)."""
     images = jnp.asarray(rng.standard_normal((batch, DENSE_SIZE, DENSE_SIZE, 3), np.float32))
-    crops = jnp.asarray(rng.standard_normal((1, 2 * evaluation.GRID**2, 224, 224, 3), np.float32))
+    crops = jnp.asarray(rng.standard_normal((1, 2 * methods.GRID**2, 224, 224, 3), np.float32))
     model, trunk = vgg_jax.vgg16(), vgg_jax.vgg16(include_top=False)
     variables = vgg_jax.jit(model.init)(jax.random.PRNGKey(0), images[:1, :224, :224])
     dense = vgg_jax.jit(lambda v, x: model.apply(v, x, dense=True))
     convs = vgg_jax.jit(lambda v, x: trunk.apply(v, x))
-    multi_crop = vgg_jax.jit(lambda v, x: evaluation.crop_posteriors(model, v, x))
+    multi_crop = vgg_jax.jit(lambda v, x: methods.crop_posteriors(model, v, x))
     seconds = interleaved_medians(dict(
         dense=lambda: dense(variables, images).block_until_ready(),
         convs=lambda: convs(variables, images).block_until_ready(),
@@ -189,7 +189,7 @@ def main() -> None:
     costs = evaluation_costs(1 if args.quick else 2, rounds, rng)
     print(f"\nvgg16 dense evaluation at Q={DENSE_SIZE}: {costs['dense_cost']:.2f}x the conv stack alone "
           f"on the same image; multi-crop: {costs['crops_per_s']:.2f} crops/s "
-          f"({2 * evaluation.GRID**2} crops of one image per call)")
+          f"({2 * methods.GRID**2} crops of one image per call)")
     print(f"input pipeline (offline digits source, S in [256, 512], 224 crops, flip, colour shift; "
           f"no JPEG decoding, see benchmarks/pipeline.py): "
           f"{pipeline_images_per_second(2 if args.quick else 10):.0f} img/s")

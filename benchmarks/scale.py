@@ -25,8 +25,7 @@ import ml_collections
 
 from benchmarks import datasets, pipeline
 from configs import default
-from vgg_jax.data import input_pipeline as ip
-from vgg_jax.data import folders
+from vgg_jax.data import folders, input_pipeline as ip
 
 
 def data_config(source: str, data_dir: str | None, shuffle_window: int) -> ml_collections.ConfigDict:

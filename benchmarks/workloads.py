@@ -13,8 +13,8 @@ import jax.numpy as jnp
 
 import vgg_jax
 from configs import default as default_config
-from vgg_jax.train import steps
 from vgg_jax.core.models import BLOCK_WIDTHS, FC_WIDTH, LAYOUTS
+from vgg_jax.train import steps
 
 ARCHS = {"vgg11": "A", "vgg16": "D", "vgg19": "E"}
 

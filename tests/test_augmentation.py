@@ -12,10 +12,9 @@ from PIL import Image
 
 from numerics import EPS32, assert_float32_close
 import vgg_jax
-from vgg_jax.data import augmentation as aug
-from vgg_jax.data import preprocessing as pp
-from vgg_jax.train import steps
 from vgg_jax.core.normalization import Normalization
+from vgg_jax.data import augmentation as aug, preprocessing as pp
+from vgg_jax.train import steps
 
 NORM = Normalization((120.0, 110.0, 100.0), (60.0, 50.0, 40.0), bgr=True)
 IDENTITY = Normalization((0.0,) * 3, (1.0,) * 3)

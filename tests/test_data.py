@@ -12,8 +12,7 @@ from PIL import Image
 from sklearn.datasets import load_sample_image
 
 from configs.default import get_config
-from vgg_jax.data import input_pipeline as ip
-from vgg_jax.data import decode, imagenet, transforms
+from vgg_jax.data import decode, imagenet, input_pipeline as ip, transforms
 
 
 def data_config(**overrides):

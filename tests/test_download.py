@@ -20,7 +20,7 @@ from numerics import assert_float32_close
 import vgg_jax
 from test_weights import randomize, torch_features
 from vgg_jax.core import normalization
-from vgg_jax.weights import WeightsError, download, ensure_model, registry
+from vgg_jax.weights import download, ensure_model, registry, WeightsError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BY_HAND = "python -m vgg_jax.weights import"

@@ -15,10 +15,10 @@ from numerics import assert_float32_close, float32_tolerance
 import vgg_jax
 from configs import default
 from vgg_jax.core import checkpoints, sharding
-from vgg_jax.weights import model_directory
-from vgg_jax.data import digits
-from vgg_jax.evaluate import ensemble as evaluation
 from vgg_jax.core.normalization import Normalization
+from vgg_jax.data import digits
+from vgg_jax.evaluate import ensemble, methods
+from vgg_jax.weights import model_directory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS = Normalization((77.9,) * 3, (95.9,) * 3)
@@ -37,7 +37,7 @@ def init(model, seed=0):
 
 def member(model, variables, normalization=DIGITS):
     spec = model_directory.ModelSpec("vgg11", {}, digits.CLASS_NAMES, normalization)
-    return evaluation.Member(model, variables, spec, "test")
+    return methods.Member(model, variables, spec, "test")
 
 
 def softmax(logits):
@@ -73,12 +73,12 @@ def test_dense_on_a_224_input_equals_the_single_crop_fc_head():
     model = vgg_jax.vgg11(num_classes=10, width=1 / 16, image_size=224, init_scheme="glorot")
     variables = init(model)
     image = np.random.default_rng(0).standard_normal((1, 224, 224, 3)).astype(np.float32)
-    scores, valid = vgg_jax.jit(evaluation.dense_score_maps, static_argnums=0)(
+    scores, valid = vgg_jax.jit(methods.dense_score_maps, static_argnums=0)(
         model, variables, image, np.array([[224, 224]]))
     fc_logits = np.asarray(vgg_jax.jit(model.apply)(variables, image))
     assert scores.shape == (1, 1, 1, 10) and bool(valid.all())
     assert_float32_close(scores[:, 0, 0], fc_logits, terms=7 * 7 * 32, layers=3)  # fc6's sum, head layers
-    np.testing.assert_allclose(evaluation.spatial_softmax(scores, valid), softmax(fc_logits),
+    np.testing.assert_allclose(methods.spatial_softmax(scores, valid), softmax(fc_logits),
                                atol=float32_tolerance(fc_logits, 7 * 7 * 32, 3))
 
 
@@ -104,7 +104,7 @@ def test_every_method_on_a_multi_position_map_equals_a_numpy_head_over_the_trunk
     variables = jax.tree.map(np.array, init(model))
     variables["params"]["fc8"]["kernel"] *= 30
     image = np.random.default_rng(5).standard_normal((96, 128, 3)).astype(np.float32)
-    _, posteriors = evaluation.scale_posteriors(member(model, variables, IDENTITY), [(image, 0)], scale=96,
+    _, posteriors = methods.scale_posteriors(member(model, variables, IDENTITY), [(image, 0)], scale=96,
                                                 batch_size=4, mesh=sharding.data_mesh())
     trunk = model.clone(include_top=False)
     conv_params = {"params": {k: v for k, v in variables["params"].items() if not k.startswith("fc")}}
@@ -129,7 +129,7 @@ def test_a_net_trained_without_flips_is_evaluated_without_mirrors():
     variables = jax.tree.map(np.array, init(model))
     variables["params"]["fc8"]["kernel"] *= 30
     image = np.random.default_rng(5).standard_normal((96, 128, 3)).astype(np.float32)
-    _, posteriors = evaluation.scale_posteriors(member(model, variables, IDENTITY), [(image, 0)], scale=96,
+    _, posteriors = methods.scale_posteriors(member(model, variables, IDENTITY), [(image, 0)], scale=96,
                                                 batch_size=4, mesh=sharding.data_mesh(), flips=False)
     trunk = model.clone(include_top=False)
     conv_params = {"params": {k: v for k, v in variables["params"].items() if not k.startswith("fc")}}
@@ -150,10 +150,10 @@ def test_padded_dense_batch_equals_each_image_evaluated_alone(arch):
     landscape = [rng.standard_normal((32, w, 3)).astype(np.float32) for w in (33, 64)]
     portrait = [rng.standard_normal((h, 32, 3)).astype(np.float32) for h in (50,)]
     for images in (landscape, portrait):
-        shapes = {evaluation.padded_shape(image.shape, 32, 32) for image in images}
+        shapes = {methods.padded_shape(image.shape, 32, 32) for image in images}
         assert len(shapes) == 1  # one batch of one padded shape
-        batch = evaluation.padded_batch(images, shapes.pop())
-        got = np.asarray(evaluation.all_methods(model, IDENTITY, variables, **batch)["dense"])
+        batch = methods.padded_batch(images, shapes.pop())
+        got = np.asarray(methods.all_methods(model, IDENTITY, variables, **batch)["dense"])
         expected = [dense_alone(model, variables, image) for image in images]
         np.testing.assert_allclose(got, expected, atol=max(posterior_atol(model, variables, im) for im in images))
 
@@ -169,8 +169,8 @@ def test_padded_dense_batch_equals_each_image_evaluated_alone(arch):
 def test_crops_and_mirrors_cut_on_the_device_are_numpy_slices_of_each_padded_image():
     rng = np.random.default_rng(2)
     image, narrow = rng.standard_normal((40, 52, 3)).astype(np.float32), rng.standard_normal((40, 42, 3)).astype(np.float32)
-    batch = evaluation.padded_batch([image, narrow], (40, 64))
-    centre, crops = jax.jit(evaluation.multi_crops, static_argnums=2)(batch["images"], batch["sizes"], 32)
+    batch = methods.padded_batch([image, narrow], (40, 64))
+    centre, crops = jax.jit(methods.multi_crops, static_argnums=2)(batch["images"], batch["sizes"], 32)
     assert centre.shape == (2, 1, 32, 32, 3) and crops.shape == (2, 50, 32, 32, 3)
     expected = {0: image[:32, :32], 2: image[:32, 10:42], 4: image[:32, 20:],
                 12: image[4:36, 10:42], 20: image[8:, :32], 24: image[8:, 20:]}
@@ -180,10 +180,10 @@ def test_crops_and_mirrors_cut_on_the_device_are_numpy_slices_of_each_padded_ima
     np.testing.assert_array_equal(centre[0, 0], image[4:36, 10:42])
     np.testing.assert_array_equal(centre[1, 0], narrow[4:36, 5:37])
     np.testing.assert_array_equal(crops[1, 4], narrow[:32, 10:])  # the grid spans the image, not the padding
-    mirrors = np.asarray(evaluation.mirrored(batch["images"], batch["sizes"]))
+    mirrors = np.asarray(methods.mirrored(batch["images"], batch["sizes"]))
     np.testing.assert_array_equal(mirrors[1], np.pad(narrow[:, ::-1], ((0, 0), (0, 22), (0, 0))))
     odd = rng.standard_normal((47, 60, 3)).astype(np.float32)  # offsets that round: as np.round(np.linspace)
-    _, odd_crops = evaluation.multi_crops(odd[None], np.array([[47, 60]]), 32)
+    _, odd_crops = methods.multi_crops(odd[None], np.array([[47, 60]]), 32)
     ys, xs = np.round(np.linspace(0, 47 - 32, 5)).astype(int), np.round(np.linspace(0, 60 - 32, 5)).astype(int)
     for k, (y, x) in enumerate((y, x) for y in ys for x in xs):
         np.testing.assert_array_equal(odd_crops[0, k], odd[y:y + 32, x:x + 32])
@@ -191,7 +191,7 @@ def test_crops_and_mirrors_cut_on_the_device_are_numpy_slices_of_each_padded_ima
 
     model = tiny_model()
     variables = init(model)
-    labels, posteriors = evaluation.scale_posteriors(
+    labels, posteriors = methods.scale_posteriors(
         member(model, variables, IDENTITY), [(image, 3)], scale=40, batch_size=4, mesh=sharding.data_mesh())
     by_apply = softmax(np.asarray(model.apply(variables, crops))).mean(axis=0)
     atol = posterior_atol(model, variables, image)
@@ -206,7 +206,7 @@ def test_flip_averaged_posteriors_are_the_same_for_the_mirrored_image():
     model = tiny_model()
     variables = init(model)
     image = np.random.default_rng(3).standard_normal((40, 58, 3)).astype(np.float32)
-    _, posteriors = evaluation.scale_posteriors(
+    _, posteriors = methods.scale_posteriors(
         member(model, variables, IDENTITY), [(image, 0), (image[:, ::-1], 0)], scale=40, batch_size=4,
         mesh=sharding.data_mesh())
     for method in ("dense", "multi-crop"):
@@ -220,12 +220,12 @@ def test_flip_averaged_posteriors_are_the_same_for_the_mirrored_image():
 def test_choose_scales():
     config = default.get_config().data
     config.update(scale_min=32, scale_max=40)  # jittered S in [32, 40], crop 32
-    assert evaluation.choose_scales(config, 32) == ([32, 36, 40], [])
+    assert ensemble.choose_scales(config, 32) == ([32, 36, 40], [])
     config.scale_max = 32  # fixed S = 32: S - 32 = 0 is below the crop
-    assert evaluation.choose_scales(config, 32) == ([32, 64], [0])
-    assert evaluation.choose_scales(config, 32, [48, 32, 48]) == ([48, 32], [])
+    assert ensemble.choose_scales(config, 32) == ([32, 64], [0])
+    assert ensemble.choose_scales(config, 32, [48, 32, 48]) == ([48, 32], [])
     with pytest.raises(ValueError, match="Q=24 is smaller than the model's crop size 32"):
-        evaluation.choose_scales(config, 32, [32, 24])
+        ensemble.choose_scales(config, 32, [32, 24])
 
 
 def test_ensemble_with_itself_and_with_a_renormalised_copy_equals_the_net():
@@ -238,14 +238,14 @@ def test_ensemble_with_itself_and_with_a_renormalised_copy_equals_the_net():
     doubled["params"]["conv1_1"]["kernel"] *= 2
     halved = Normalization(DIGITS.mean_rgb, tuple(2 * s for s in DIGITS.std_rgb))
     one = member(model, variables)
-    run = lambda members: evaluation.ensemble_posteriors(members, config.data, [32, 40], batch_size=4, num_images=8)
+    run = lambda members: ensemble.ensemble_posteriors(members, config.data, [32, 40], batch_size=4, num_images=8)
     labels, alone = run([one])
     for members in ([one, one], [one, member(model, doubled, halved)]):
-        ensemble_labels, ensemble = run(members)
-        np.testing.assert_array_equal(ensemble_labels, labels)
-        assert ensemble.keys() == alone.keys()
+        together_labels, together = run(members)
+        np.testing.assert_array_equal(together_labels, labels)
+        assert together.keys() == alone.keys()
         for key in alone:
-            np.testing.assert_allclose(ensemble[key], alone[key], atol=1e-5)
+            np.testing.assert_allclose(together[key], alone[key], atol=1e-5)
     _, different = run([one, member(model, doubled)])  # the wrong normalisation: not equal
     assert not np.allclose(different["dense", 32], alone["dense", 32], atol=1e-4)
 
@@ -253,11 +253,11 @@ def test_ensemble_with_itself_and_with_a_renormalised_copy_equals_the_net():
 def test_table_on_digits_rows_and_a_row_computed_directly(checkpoint):
     config = default.get_config()
     config.data.update(scale_min=32, scale_max=40)
-    results = evaluation.run(config, [checkpoint], batch_size=8, num_images=24)
+    results = ensemble.run(config, [checkpoint], batch_size=8, num_images=24)
     assert results["scales"] == [32, 36, 40] and results["dropped_scales"] == []
     assert results["num_images"] == 24 and results["skipped_files"]["count"] == 0
     labels = [(row["method"], row["scales"]) for row in results["rows"]]
-    assert labels == [(m, q) for m in evaluation.METHODS for q in ("32", "36", "40", "32,36,40")]
+    assert labels == [(m, q) for m in methods.METHODS for q in ("32", "36", "40", "32,36,40")]
     for row in results["rows"]:
         assert 0 <= row["top5_error"] <= row["top1_error"] <= 100
 
@@ -272,7 +272,7 @@ def test_table_on_digits_rows_and_a_row_computed_directly(checkpoint):
     assert row["top1_error"] == pytest.approx(100 * np.mean(ranked[:, 0] != truth[:24]))
     assert row["top5_error"] == pytest.approx(100 * np.mean([t not in r[:5] for t, r in zip(truth[:24], ranked)]))
 
-    table = evaluation.format_table(results)
+    table = ensemble.format_table(results)
     assert "dense+multi-crop" in table and "32,36,40" in table
 
 
@@ -280,23 +280,23 @@ def test_error_rates_closed_form():
     posteriors = np.array([[0.5, 0.2, 0.1, 0.1, 0.05, 0.05, 0.0],   # label 0: top-1
                            [0.3, 0.4, 0.1, 0.1, 0.05, 0.05, 0.0],   # label 0: top-5 only
                            [0.3, 0.2, 0.1, 0.1, 0.1, 0.05, 0.15]])  # label 5: neither
-    assert evaluation.error_rates(posteriors, np.array([0, 0, 5])) == pytest.approx((200 / 3, 100 / 3))
+    assert ensemble.error_rates(posteriors, np.array([0, 0, 5])) == pytest.approx((200 / 3, 100 / 3))
 
 
 def test_bad_checkpoints_are_named(tmp_path, checkpoint):
     config = default.get_config()
     with pytest.raises(checkpoints.CheckpointError, match="no checkpoint directory"):
-        evaluation.run(config, [str(tmp_path / "missing")])
+        ensemble.run(config, [str(tmp_path / "missing")])
     wrong_arch = str(tmp_path / "wrong_arch")  # says vgg13, holds vgg11 weights
     model_directory.save_model(wrong_arch, init(tiny_model()), model_directory.ModelSpec(
         "vgg13", {"num_classes": 10, "width": 0.125, "image_size": 32}, None, DIGITS))
     with pytest.raises(checkpoints.CheckpointError, match="does not fit this model"):
-        evaluation.run(config, [wrong_arch])
+        ensemble.run(config, [wrong_arch])
     imagenet = str(tmp_path / "imagenet")
     model_directory.save_model(imagenet, init(tiny_model(num_classes=1000)), model_directory.ModelSpec(
         "vgg11", {"num_classes": 1000, "width": 0.125, "image_size": 32}, None, DIGITS))
     with pytest.raises(checkpoints.CheckpointError, match="has 1000 classes but the dataset digits has 10"):
-        evaluation.run(config, [checkpoint, imagenet])
+        ensemble.run(config, [checkpoint, imagenet])
 
 
 def test_unreadable_images_are_skipped_and_counted(tmp_path):
@@ -311,10 +311,10 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path):
     config = default.get_config()
     config.data.update(source=f"folder:{tmp_path}", eval_split="val")
     model = tiny_model(num_classes=2)
-    results = evaluation.evaluate([member(model, init(model))], config.data, [32], batch_size=4)
+    results = ensemble.evaluate([member(model, init(model))], config.data, [32], batch_size=4)
     assert results["skipped_files"]["count"] == 1 and results["skipped_files"]["paths"][0].endswith("broken.jpg")
     assert results["num_images"] == 6
-    assert "skipped 1 unreadable images" in evaluation.format_table(results)
+    assert "skipped 1 unreadable images" in ensemble.format_table(results)
 
 
 def eval_cli(*args):
@@ -405,7 +405,7 @@ def test_two_processes_evaluate_their_shards_and_gather_the_whole_table(tmp_path
     together = json.load(open(tmp_path / "eval_results.json"))
     config = default.get_config()
     config.data.update(scale_min=None, scale_max=None)
-    alone = evaluation.run(config, [checkpoint], [32], batch_size=4, num_images=12)
+    alone = ensemble.run(config, [checkpoint], [32], batch_size=4, num_images=12)
     assert together["num_images"] == alone["num_images"] == 12
     for a, b in zip(together["rows"], alone["rows"]):
         assert a == pytest.approx(b)  # every image once, whichever process evaluated it

@@ -11,9 +11,9 @@ import pytest
 
 from numerics import assert_float32_close
 import vgg_jax
-from vgg_jax.weights import model_directory
 from vgg_jax import export
 from vgg_jax.core.normalization import TORCHVISION
+from vgg_jax.weights import model_directory
 
 # image_size 64: a 2x2 head window, so the dense head really slides (a 1x1 window is a flatten).
 KWARGS = {"num_classes": 7, "width": 0.125, "image_size": 64, "init_scheme": "glorot", "batch_norm": True}

@@ -20,9 +20,9 @@ from configs import default
 from test_input_pipeline import write_image
 from test_training import quick_config
 from vgg_jax.core import checkpoints, compilation
-from vgg_jax.weights import model_directory
-from vgg_jax.train import configuration, reporting, run_files, steps, loop as training
 from vgg_jax.data import input_pipeline
+from vgg_jax.train import configuration, faults, loop, reporting, run_files, steps
+from vgg_jax.weights import model_directory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,10 +48,10 @@ def test_best_step_is_kept_through_resumes_and_is_what_loaders_use(tmp_path, mon
     # Evaluations at steps 4, 8, ... (eval_every_epochs = 4 steps of 44); the best is step 8.
     scripted_validation(monkeypatch, [0.5, 0.9, 0.6, 0.7, 0.65, 0.6, 0.55])
     config = quick_config(num_steps=12, eval_every_epochs=4 / 44, keep_checkpoints=1, schedule="cosine")
-    training.train_and_evaluate(config, str(tmp_path))
+    loop.train_and_evaluate(config, str(tmp_path))
     for num_steps in (20, 28):  # two resumes, each evaluating twice more
         config.train.num_steps = num_steps
-        results = training.train_and_evaluate(config, str(tmp_path))
+        results = loop.train_and_evaluate(config, str(tmp_path))
     root = checkpoints.model_root(tmp_path)
     assert sorted(checkpoints.step_metrics(root)) == [8, 28]  # latest 1 and the best survive
     assert checkpoints.default_step(root) == 8
@@ -63,15 +63,15 @@ def test_best_step_is_kept_through_resumes_and_is_what_loaders_use(tmp_path, mon
 @pytest.mark.slow
 def test_a_finished_run_is_left_alone_and_continues_when_the_budget_grows(tmp_path, caplog):
     config = quick_config(num_steps=6, eval_every_epochs=100)
-    first = training.train_and_evaluate(config, str(tmp_path))
+    first = loop.train_and_evaluate(config, str(tmp_path))
     results_file = tmp_path / "results.json"
     before = (results_file.read_text(), os.stat(results_file).st_mtime_ns)
     with caplog.at_level(logging.INFO, logger="vgg_jax.train"):
-        again = training.train_and_evaluate(config, str(tmp_path))
+        again = loop.train_and_evaluate(config, str(tmp_path))
     assert "has finished (step 6 of 6)" in caplog.text
     assert again == first and (results_file.read_text(), os.stat(results_file).st_mtime_ns) == before
     config.train.num_steps = 8
-    assert training.train_and_evaluate(config, str(tmp_path))["step"] == 8
+    assert loop.train_and_evaluate(config, str(tmp_path))["step"] == 8
     assert json.loads(results_file.read_text())["step"] == 8
 
 
@@ -92,7 +92,7 @@ def test_a_sigterm_after_the_last_step_still_leaves_results(moment, tmp_path, mo
     unhandled = []
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: unhandled.append(signum))
     try:
-        results = training.train_and_evaluate(quick_config(num_steps=4, eval_every_epochs=100), str(tmp_path))
+        results = loop.train_and_evaluate(quick_config(num_steps=4, eval_every_epochs=100), str(tmp_path))
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert not unhandled
@@ -107,7 +107,7 @@ def test_a_finished_workdir_without_readable_results_rebuilds_them(damage, tmp_p
     here steps 2 and 6 of a run saved with a larger keep_checkpoints."""
     scripted_validation(monkeypatch, [0.9, 0.5, 0.6])  # evaluations at steps 4, 8, 12: the best is 4
     config = quick_config(num_steps=12, eval_every_epochs=4 / 44, checkpoint_every_steps=2, keep_checkpoints=6)
-    first = training.train_and_evaluate(config, str(tmp_path))
+    first = loop.train_and_evaluate(config, str(tmp_path))
     results_file = tmp_path / "results.json"
     if damage == "missing":
         results_file.unlink()
@@ -115,7 +115,7 @@ def test_a_finished_workdir_without_readable_results_rebuilds_them(damage, tmp_p
         results_file.write_text('{"step": 1')
     config.train.keep_checkpoints = 3
     with caplog.at_level(logging.INFO, logger="vgg_jax.train"):
-        rebuilt = training.train_and_evaluate(config, str(tmp_path))
+        rebuilt = loop.train_and_evaluate(config, str(tmp_path))
     assert rebuilt == {**first, "skipped_files": None} == json.loads(results_file.read_text())
     assert f"cannot read {results_file}" in caplog.text and "rebuilt it from the checkpoints' stored metrics" in caplog.text
     assert sorted(checkpoints.step_metrics(checkpoints.model_root(tmp_path))) == [4, 8, 10, 12]
@@ -147,7 +147,7 @@ def test_a_second_run_on_a_workdir_stops_at_once_and_a_killed_runs_lock_does_not
     assert last == (f"error: {workdir} is in use by another training run (host {socket.gethostname()} pid "
                     f"{holder.pid}, lock {workdir / 'train.lock'}); wait for it to end or give another --workdir")
     assert os.listdir(workdir) == ["train.lock"]
-    assert training.train_and_evaluate(quick_config(num_steps=1, eval_every_epochs=100), str(workdir))["step"] == 1
+    assert loop.train_and_evaluate(quick_config(num_steps=1, eval_every_epochs=100), str(workdir))["step"] == 1
 
 
 # --- divergence ------------------------------------------------------------------------------
@@ -156,17 +156,17 @@ def test_the_divergence_rule():
     """Catches a finite blow-up passing unnoticed (issue 26: a loss of 2.6e6 saved as the resume
     point), a rule so tight that ordinary noise stops a run, and NaN/Inf passing."""
     uniform = np.log(10)  # the loss of a uniform guess over 10 classes: the floor of the level
-    assert training.divergence([2.2, 2.9, 10 * uniform - 0.01], [], 10) is None
-    assert training.divergence([2.2, 10 * uniform + 0.01], [], 10) == (1, f"over 10x its recent level {uniform:.4g}")
-    assert training.divergence([0.05, 20.0], [0.01, 0.02, 0.01], 10) is None  # from a low level: the floor
+    assert faults.divergence([2.2, 2.9, 10 * uniform - 0.01], [], 10) is None
+    assert faults.divergence([2.2, 10 * uniform + 0.01], [], 10) == (1, f"over 10x its recent level {uniform:.4g}")
+    assert faults.divergence([0.05, 20.0], [0.01, 0.02, 0.01], 10) is None  # from a low level: the floor
     # Before the first progress line the level is the first loss (a new head on pretrained
     # features, 2 classes: 7.8 is no divergence, and 10x it is).
-    assert training.divergence([7.8, 77.0], [], 2) is None
-    assert training.divergence([7.8, 79.0], [], 2) == (1, "over 10x its recent level 7.8")
-    assert training.divergence([39.0], [5.0, 4.0, 3.0], 10) is None  # the median of the recent lines, 4
-    assert training.divergence([41.0], [5.0, 4.0, 3.0], 10) == (0, "over 10x its recent level 4")
-    assert training.divergence([1.0, float("nan")], [1.0], 10) == (1, "not finite")
-    assert training.divergence([float("inf")], [], 10) == (0, "not finite")
+    assert faults.divergence([7.8, 77.0], [], 2) is None
+    assert faults.divergence([7.8, 79.0], [], 2) == (1, "over 10x its recent level 7.8")
+    assert faults.divergence([39.0], [5.0, 4.0, 3.0], 10) is None  # the median of the recent lines, 4
+    assert faults.divergence([41.0], [5.0, 4.0, 3.0], 10) == (0, "over 10x its recent level 4")
+    assert faults.divergence([1.0, float("nan")], [1.0], 10) == (1, "not finite")
+    assert faults.divergence([float("inf")], [], 10) == (0, "not finite")
 
 
 def test_a_diverging_resume_saves_nothing_and_names_the_newest_good_checkpoint(finished_run, tmp_path):
@@ -176,8 +176,8 @@ def test_a_diverging_resume_saves_nothing_and_names_the_newest_good_checkpoint(f
     workdir = str(tmp_path / "run")
     shutil.copytree(finished_run[0], workdir)
     config = quick_config(num_steps=30, checkpoint_every_steps=5, eval_every_epochs=100, learning_rate=1000.0)
-    with pytest.raises(training.Diverged) as raised:
-        training.train_and_evaluate(config, workdir)
+    with pytest.raises(faults.Diverged) as raised:
+        loop.train_and_evaluate(config, workdir)
     root = checkpoints.model_root(workdir)
     assert str(raised.value).endswith(f"stopped without saving it: the newest good checkpoint is step 10 in {root}; "
                                       "resume from it with a lower learning rate")
@@ -191,7 +191,7 @@ def test_a_diverging_resume_saves_nothing_and_names_the_newest_good_checkpoint(f
 def finished_run(tmp_path_factory):
     """A 10-step run saved at steps 5 and 10, and its final variables."""
     workdir = str(tmp_path_factory.mktemp("finished"))
-    training.train_and_evaluate(quick_config(num_steps=10, checkpoint_every_steps=5, eval_every_epochs=100), workdir)
+    loop.train_and_evaluate(quick_config(num_steps=10, checkpoint_every_steps=5, eval_every_epochs=100), workdir)
     return workdir, model_directory.load_variables(workdir, 10)[0]
 
 
@@ -229,7 +229,7 @@ def test_a_damaged_newest_step_falls_back_to_the_newest_readable_one(damage, fin
     root = checkpoints.model_root(workdir)
     DAMAGE[damage](os.path.join(root, "10"))
     with caplog.at_level(logging.INFO, logger="vgg_jax.train"):
-        results = training.train_and_evaluate(
+        results = loop.train_and_evaluate(
             quick_config(num_steps=10, checkpoint_every_steps=5, eval_every_epochs=100), workdir)
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name == "vgg_jax.train"]
     assert len(warnings) == 1 and "step 10" in warnings[0] and "damaged-10" in warnings[0], warnings
@@ -293,7 +293,7 @@ def fill_at_save(monkeypatch, tiny_filesystem, save_number, room):
 def full_disk_error(workdir):
     config = quick_config(num_steps=15, checkpoint_every_steps=5, eval_every_epochs=100)
     with pytest.raises(checkpoints.CheckpointSaveError) as raised:
-        training.train_and_evaluate(config, workdir)
+        loop.train_and_evaluate(config, workdir)
     message = str(raised.value)
     assert "[Errno 28] No space left on device" in message and workdir in message and "\n" not in message
     assert not os.path.exists(os.path.join(workdir, "results.json"))
@@ -342,13 +342,13 @@ def read_only_view(tmp_path):
 def test_a_read_only_workdir_stops_with_an_os_error_naming_the_file(read_only_view):
     writable, read_only = read_only_view
     config = quick_config(num_steps=4, eval_every_epochs=100)
-    training.train_and_evaluate(config, str(writable / "run"))
+    loop.train_and_evaluate(config, str(writable / "run"))
     os.remove(writable / "run" / "results.json")
     config.train.num_steps = 8
     with pytest.raises(OSError) as raised:
-        training.train_and_evaluate(config, str(read_only / "run"))
+        loop.train_and_evaluate(config, str(read_only / "run"))
     assert raised.value.errno == errno.EROFS and str(read_only / "run") in str(raised.value)
-    assert isinstance(raised.value, training.USER_ERRORS)  # train.py prints it as one error line
+    assert isinstance(raised.value, loop.USER_ERRORS)  # train.py prints it as one error line
     assert model_directory.load_variables(read_only / "run")[2] == 4
 
 
@@ -429,8 +429,8 @@ def test_an_unreadable_config_json_of_an_unfinished_run_is_one_error_naming_it(c
     with open(path, "w") as f:
         f.write(content)
     with pytest.raises(run_files.RunFileError) as raised:
-        training.train_and_evaluate(quick_config(num_steps=12, checkpoint_every_steps=5, eval_every_epochs=100), workdir)
-    assert isinstance(raised.value, training.USER_ERRORS) and "\n" not in str(raised.value)
+        loop.train_and_evaluate(quick_config(num_steps=12, checkpoint_every_steps=5, eval_every_epochs=100), workdir)
+    assert isinstance(raised.value, loop.USER_ERRORS) and "\n" not in str(raised.value)
     assert str(raised.value).startswith(f"cannot read {path}: ") and "restore it, or delete it" in str(raised.value)
 
 
@@ -448,8 +448,8 @@ def test_a_class_folder_without_images_is_one_error_naming_it(fault, tmp_path):
     config = quick_config(num_steps=1)
     config.data.update(source=f"folder:{tmp_path}", val_fraction=0.5)
     with pytest.raises(input_pipeline.DatasetError) as raised:
-        training.train_and_evaluate(config, str(tmp_path / "run"))
-    assert isinstance(raised.value, training.USER_ERRORS)
+        loop.train_and_evaluate(config, str(tmp_path / "run"))
+    assert isinstance(raised.value, loop.USER_ERRORS)
     expected = "is empty" if fault == "empty" else "none of its 3 files is an image"
     assert str(raised.value).startswith(f"class folder {tmp_path / 'owl'}") and expected in str(raised.value)
 
@@ -459,15 +459,15 @@ def test_a_class_folder_without_images_is_one_error_naming_it(fault, tmp_path):
 @pytest.mark.slow
 def test_a_resume_refuses_a_new_batch_size_and_applies_a_new_learning_rate(tmp_path, caplog):
     config = quick_config(num_steps=4, eval_every_epochs=100, schedule="plateau")
-    training.train_and_evaluate(config, str(tmp_path))
+    loop.train_and_evaluate(config, str(tmp_path))
     config.train.num_steps = 8
     config.train.batch_size = 64
     with pytest.raises(checkpoints.CheckpointError, match="train.batch_size 32 -> 64"):
-        training.train_and_evaluate(config, str(tmp_path))
+        loop.train_and_evaluate(config, str(tmp_path))
     config.train.batch_size = 32
     config.train.learning_rate = 0.01
     with caplog.at_level(logging.WARNING, logger="vgg_jax.train"):
-        results = training.train_and_evaluate(config, str(tmp_path))
+        results = loop.train_and_evaluate(config, str(tmp_path))
     assert "train.learning_rate changed from 0.05 to 0.01" in caplog.text
     assert results["learning_rate"] == pytest.approx(0.01)
 
@@ -496,7 +496,7 @@ def test_the_progress_rate_counts_the_global_batch(tmp_path, monkeypatch):
             super().__init__(step, batch_size)
     monkeypatch.setattr(reporting, "Throughput", Recording)
     config = quick_config(num_steps=1, eval_every_epochs=100)
-    training.train_and_evaluate(config, str(tmp_path))
+    loop.train_and_evaluate(config, str(tmp_path))
     assert jax.device_count() == 4 and batch_sizes == [config.train.batch_size]
 
 

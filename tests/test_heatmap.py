@@ -8,10 +8,10 @@ from PIL import Image
 from sklearn.datasets import load_sample_images
 
 import vgg_jax
-from vgg_jax.core import checkpoints
-from vgg_jax.weights import model_directory
 from vgg_jax import predict
+from vgg_jax.core import checkpoints
 from vgg_jax.core.normalization import PAPER
+from vgg_jax.weights import model_directory
 
 KWARGS = {"num_classes": 10, "width": 0.125, "image_size": 32, "init_scheme": "glorot"}
 

@@ -12,9 +12,7 @@ from sklearn.datasets import load_digits
 
 from benchmarks import datasets
 from configs.default import get_config
-from vgg_jax.data import digits
-from vgg_jax.data import input_pipeline as ip
-from vgg_jax.data import pipeline
+from vgg_jax.data import digits, input_pipeline as ip, pipeline
 
 
 def data_config(**overrides):

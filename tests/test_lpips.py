@@ -13,10 +13,9 @@ import torch
 from numerics import assert_float32_close
 import vgg_jax
 from test_weights import random_features_file
-from vgg_jax.core import checkpoints
-from vgg_jax.weights import model_directory
 from vgg_jax import lpips
-from vgg_jax.weights import WeightsError, import_to_checkpoint
+from vgg_jax.core import checkpoints
+from vgg_jax.weights import import_to_checkpoint, model_directory, WeightsError
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,10 @@ from sklearn.datasets import load_sample_images
 
 from numerics import assert_float32_close
 import vgg_jax
-from vgg_jax.weights import model_directory
 from vgg_jax import predict
-from vgg_jax.data import preprocessing as pp
 from vgg_jax.core.normalization import PAPER
+from vgg_jax.data import preprocessing as pp
+from vgg_jax.weights import model_directory
 from test_evaluation import best_is_not_latest  # noqa: F401 - a fixture
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

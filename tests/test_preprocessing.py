@@ -7,8 +7,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from vgg_jax.data import preprocessing as pp
 from vgg_jax.core.normalization import Normalization
+from vgg_jax.data import preprocessing as pp
 
 
 def smooth_image(height, width):

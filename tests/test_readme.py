@@ -41,14 +41,11 @@ from PIL import Image
 from numerics import assert_float32_close
 from random_nets import he_normal_variables
 import vgg_jax
+from vgg_jax import lpips, weights
 from vgg_jax.core import checkpoints
-from vgg_jax.weights import model_directory
-from vgg_jax.weights import loading
-from vgg_jax import lpips
 from vgg_jax.core.class_names import imagenet_class_names
 from vgg_jax.core.normalization import TORCHVISION
-from vgg_jax import weights
-from vgg_jax.weights import registry
+from vgg_jax.weights import loading, model_directory, registry
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 

@@ -17,12 +17,11 @@ from flax import nnx
 import vgg_jax
 import vgg_jax.nnx
 from test_weights import TorchvisionVGG
-from vgg_jax.core import checkpoints, normalization
-from vgg_jax.evaluate import ensemble as evaluation
-from vgg_jax.weights import loading
 from vgg_jax import lpips, predict
+from vgg_jax.core import checkpoints, normalization
+from vgg_jax.evaluate import methods
 from vgg_jax.train import preinit
-from vgg_jax.weights import WeightsError, download, import_to_checkpoint, import_weights, registry
+from vgg_jax.weights import download, import_to_checkpoint, import_weights, loading, registry, WeightsError
 from configs import default
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -74,7 +73,7 @@ def test_eval_members_and_train_init_from_read_every_kind(world, kind):
     """Catches eval or train.init_from resolving sources their own way (the old eval refused
     weight files and bare names; init_from refused weight files)."""
     sources, expected, _ = world
-    member = evaluation.load_member(sources[kind], arch="vgg16")
+    member = methods.load_member(sources[kind], arch="vgg16")
     assert_same_variables(member.variables, expected)
     assert sources[kind] in member.source
     config = default.get_config()

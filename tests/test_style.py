@@ -15,11 +15,10 @@ from numerics import assert_float32_close, float32_tolerance
 from random_nets import he_normal_variables
 import vgg_jax
 from test_weights import random_features_file
-from vgg_jax.weights import model_directory
 from vgg_jax import style, stylize
-from vgg_jax.data import preprocessing as pp
 from vgg_jax.core.normalization import TORCHVISION
-from vgg_jax.weights import import_weights
+from vgg_jax.data import preprocessing as pp
+from vgg_jax.weights import import_weights, model_directory
 
 STYLE_WEIGHT = 1e3  # both terms of a similar size, so neither hides the other's errors
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import vgg_jax
-from vgg_jax.train import run_files, steps, loop as training
 from vgg_jax.core import sharding
+from vgg_jax.train import loop, run_files, steps
 
 
 def train_config(**overrides):
@@ -134,13 +134,13 @@ def test_plateau_divides_the_learning_rate_after_patience_then_stops_after_the_l
     rates = []
     for step, accuracy in enumerate((0.5, 0.6, 0.6, 0.6, 0.7, 0.7, 0.7, 0.8, 0.8)):
         assert progress.stopped is None
-        state, progress = training.on_plateau(state, progress, accuracy, train, step)
+        state, progress = loop.on_plateau(state, progress, accuracy, train, step)
         rates.append(steps.current_learning_rate(state))
     np.testing.assert_allclose(rates, [0.05, 0.05, 0.05, 0.005, 0.005, 0.005, 0.0005, 0.0005, 0.0005], rtol=1e-6)
     assert [drop["step"] for drop in progress.lr_drops] == [3, 6]
     # The third plateau comes after max_lr_drops=2 drops: the paper's schedule ends there.
     assert progress.stopped is None
-    state, progress = training.on_plateau(state, progress, 0.8, train, 9)
+    state, progress = loop.on_plateau(state, progress, 0.8, train, 9)
     assert "plateaued at 0.8000 after 2 learning-rate drops" in progress.stopped
     assert steps.current_learning_rate(state) == pytest.approx(0.0005)
 

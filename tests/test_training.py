@@ -15,11 +15,11 @@ import tensorflow_datasets as tfds
 
 import vgg_jax
 from configs import default
-from vgg_jax.data import augmentation, input_pipeline
 from vgg_jax.core import checkpoints
-from vgg_jax.weights import model_directory
-from vgg_jax.train import preinit, steps, loop as training
 from vgg_jax.core.normalization import PAPER
+from vgg_jax.data import augmentation, input_pipeline
+from vgg_jax.train import faults, loop, preinit, steps
+from vgg_jax.weights import model_directory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -64,7 +64,7 @@ def test_one_train_step_for_every_variant_on_mock_imagenet(arch):
 
 @pytest.mark.slow
 def test_quickstart_config_learns(tmp_path):
-    results = training.train_and_evaluate(quick_config(num_steps=90, eval_every_epochs=100), str(tmp_path))
+    results = loop.train_and_evaluate(quick_config(num_steps=90, eval_every_epochs=100), str(tmp_path))
     assert results["val_top1"] > 0.5  # chance is 0.1 on the ten digits
     assert json.load(open(tmp_path / "results.json"))["step"] == 90
     assert json.load(open(tmp_path / "config.json"))["model"]["arch"] == "vgg11_bn"
@@ -133,9 +133,9 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path, caplog):
 
     config = quick_config(num_steps=40, checkpoint_every_steps=5, eval_every_epochs=100)
     with caplog.at_level("INFO", logger="vgg_jax.train"):
-        resumed = training.train_and_evaluate(config, interrupted)
+        resumed = loop.train_and_evaluate(config, interrupted)
     assert f"resumed from {interrupted} at step {terminated['step']}" in caplog.text
-    straight = training.train_and_evaluate(config, str(tmp_path / "straight"))
+    straight = loop.train_and_evaluate(config, str(tmp_path / "straight"))
     assert resumed["step"] == straight["step"] == 40
     jax.tree.map(np.testing.assert_array_equal, model_directory.load_variables(interrupted)[0],
                  model_directory.load_variables(tmp_path / "straight")[0])
@@ -176,7 +176,7 @@ def test_preinit_through_training_logs_and_uses_net_a(tmp_path, caplog):
     config = quick_config(num_steps=1, eval_every_epochs=100, init_from=str(tmp_path / "net_a"))
     config.model.arch = "vgg13"
     with caplog.at_level("INFO", logger="vgg_jax.train"):
-        training.train_and_evaluate(config, str(tmp_path / "b"))
+        loop.train_and_evaluate(config, str(tmp_path / "b"))
     assert "conv1_1  copied from" in caplog.text and "conv1_2  random init" in caplog.text
 
 
@@ -193,16 +193,16 @@ def test_a_fresh_run_that_diverges_says_no_checkpoint_was_saved(tmp_path):
     not exist (issue 26: "the last good checkpoint is intact" with checkpoints/ empty)."""
     config = quick_config(num_steps=30, checkpoint_every_steps=10, eval_every_epochs=100,
                           learning_rate=1e4)
-    with pytest.raises(training.Diverged, match=r"^the training loss is \S+ at step \d+ ") as raised:
-        training.train_and_evaluate(config, str(tmp_path))
+    with pytest.raises(faults.Diverged, match=r"^the training loss is \S+ at step \d+ ") as raised:
+        loop.train_and_evaluate(config, str(tmp_path))
     assert os.listdir(tmp_path / "checkpoints") == [] and not os.path.exists(tmp_path / "config.json")
     assert str(raised.value).endswith(f"stopped without saving it: no checkpoint was saved before it "
                                       f"(none in {tmp_path / 'checkpoints'})")
 
 
 def test_workdir_of_another_model_is_a_clear_error(tmp_path):
-    training.train_and_evaluate(quick_config(num_steps=1, eval_every_epochs=100), str(tmp_path))
+    loop.train_and_evaluate(quick_config(num_steps=1, eval_every_epochs=100), str(tmp_path))
     config = quick_config(num_steps=2, eval_every_epochs=100)
     config.model.arch = "vgg13"
     with pytest.raises(checkpoints.CheckpointError, match="different model"):
-        training.train_and_evaluate(config, str(tmp_path))
+        loop.train_and_evaluate(config, str(tmp_path))

@@ -8,10 +8,9 @@ import tensorflow_datasets as tfds
 
 import vgg_jax
 from configs import cats_vs_dogs, default, flowers
-from vgg_jax.weights import model_directory
-from vgg_jax.train import loop as training
 from vgg_jax.core.normalization import TORCHVISION
-from vgg_jax.weights import registry
+from vgg_jax.train import loop
+from vgg_jax.weights import model_directory, registry
 
 
 def shrink(config):
@@ -44,7 +43,7 @@ def test_transfer_configs_train_a_new_head_on_mock_data(tmp_path, monkeypatch, c
     config = shrink(config_module.get_config("head"))
     assert config.train.init_from == "pretrained:vgg16"
     with tfds.testing.mock_data(num_examples=16):
-        training.train_and_evaluate(config, str(tmp_path / "head"))
+        loop.train_and_evaluate(config, str(tmp_path / "head"))
     variables, spec, _ = model_directory.load_variables(tmp_path / "head")
     assert spec.model_kwargs["num_classes"] == classes and spec.normalization == TORCHVISION
     assert variables["params"]["fc8"]["kernel"].shape[-1] == classes
@@ -56,7 +55,7 @@ def test_transfer_configs_train_a_new_head_on_mock_data(tmp_path, monkeypatch, c
     config = shrink(config_module.get_config("finetune"))
     config.train.init_from = str(tmp_path / "head")
     with tfds.testing.mock_data(num_examples=16):
-        training.train_and_evaluate(config, str(tmp_path / "finetune"))
+        loop.train_and_evaluate(config, str(tmp_path / "finetune"))
     tuned, _, _ = model_directory.load_variables(tmp_path / "finetune")
     assert not np.array_equal(tuned["params"]["conv1_1"]["kernel"], pretrained["params"]["conv1_1"]["kernel"])
 
@@ -66,12 +65,12 @@ def test_new_head_on_a_digits_trained_backbone_learns(tmp_path):
     config = default.get_config()
     config.model.width = 0.125
     config.train.update(batch_size=32, num_steps=120, eval_every_epochs=100)
-    trained = training.train_and_evaluate(config, str(tmp_path / "digits"))
+    trained = loop.train_and_evaluate(config, str(tmp_path / "digits"))
     backbone, _, _ = model_directory.load_variables(tmp_path / "digits")
 
     config.train.update(num_steps=40, init_from=str(tmp_path / "digits"), init_layers="backbone",
                         backbone_lr_multiplier=0.0)
-    results = training.train_and_evaluate(config, str(tmp_path / "head"))
+    results = loop.train_and_evaluate(config, str(tmp_path / "head"))
     head, _, _ = model_directory.load_variables(tmp_path / "head")
     np.testing.assert_array_equal(head["params"]["fc7"]["kernel"], backbone["params"]["fc7"]["kernel"])
     assert not np.allclose(head["params"]["fc8"]["kernel"], backbone["params"]["fc8"]["kernel"])

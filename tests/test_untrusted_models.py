@@ -14,12 +14,10 @@ import pytest
 import vgg_jax
 from random_nets import he_normal_variables
 from test_weights import random_features_file
-from vgg_jax.core import checkpoints
-from vgg_jax.weights import model_directory
-from vgg_jax.weights import spec_fields
 from vgg_jax import export, predict
+from vgg_jax.core import checkpoints
 from vgg_jax.core.normalization import PAPER, TORCHVISION
-from vgg_jax.weights import WeightsError, cli, download, registry
+from vgg_jax.weights import cli, download, model_directory, registry, spec_fields, WeightsError
 
 KWARGS = {"num_classes": 10, "width": 1 / 16, "image_size": 32}
 NAMES = [f"class {i}" for i in range(10)]

@@ -657,7 +657,7 @@ def test_a_head_larger_than_the_architecture_is_refused_from_its_shape(fc6_windo
     """Catches a head sized by the file (fc6's window, fc8's classes) that is read, or that the
     model is built at, before the bound is checked: no tensor may be read here."""
     import vgg_jax
-    from vgg_jax.weights import WeightsError, conversion
+    from vgg_jax.weights import conversion, WeightsError
     from vgg_jax.weights.file_tensors import FileTensor
 
     def never_read():

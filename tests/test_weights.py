@@ -16,8 +16,7 @@ from safetensors.numpy import save_file as save_safetensors
 from numerics import assert_float32_close
 import vgg_jax
 from vgg_jax.core import normalization
-from vgg_jax.weights import model_directory
-from vgg_jax.weights import WeightsError, head_fields, import_weights
+from vgg_jax.weights import head_fields, import_weights, model_directory, WeightsError
 from vgg_jax.weights.cli import main
 
 # torchvision's configuration lists (numbers: conv widths, 'M': max-pool), written out here so

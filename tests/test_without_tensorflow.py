@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from configs import synthetic as synthetic_config
-from vgg_jax.train import configuration
 from vgg_jax.core import devices
 from vgg_jax.data import input_pipeline, synthetic
+from vgg_jax.train import configuration
 from vgg_jax.train.tensorboard_writer import ScalarWriter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,8 +52,8 @@ READ_WITHOUT_TENSORFLOW = """
 import sys
 from PIL import Image
 from configs.default import get_config
-from vgg_jax.train import configuration
 from vgg_jax.data import input_pipeline as ip
+from vgg_jax.train import configuration
 root = sys.argv[1]
 for name in ("a", "b"):
     for split in ("train", "val"):

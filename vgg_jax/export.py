@@ -33,9 +33,8 @@ from flax import traverse_util
 
 import vgg_jax
 from vgg_jax.core import command_line, directory_writes
-from vgg_jax.weights import model_directory
-from vgg_jax.weights import loading
 from vgg_jax.predict import class_names
+from vgg_jax.weights import loading, model_directory
 
 ARTEFACTS = {"logits": "logits.jax", "scores": "scores.jax"}
 WEIGHTS_FILE, SPEC_FILE = "weights.npz", "model.json"

@@ -22,11 +22,10 @@ import numpy as np
 from flax import struct
 
 import vgg_jax
-from vgg_jax.weights import loading
 from vgg_jax.core import normalization
-from vgg_jax.features import PERCEPTUAL_NAMES, extract_features
 from vgg_jax.core.models import BLOCK_WIDTHS
-from vgg_jax.weights import WeightsError
+from vgg_jax.features import extract_features, PERCEPTUAL_NAMES
+from vgg_jax.weights import loading, WeightsError
 from vgg_jax.weights.conversion import HEAD_LAYERS, open_weights, read_float32
 
 SHIFT = np.array([-0.030, -0.088, -0.188], np.float32)  # 2 * mean - 1

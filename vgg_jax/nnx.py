@@ -17,8 +17,7 @@ from flax import nnx
 from flax.nnx.bridge.variables import linen_vars_to_nnx_attrs
 
 import vgg_jax
-from vgg_jax.weights import model_directory
-from vgg_jax.weights import loading
+from vgg_jax.weights import loading, model_directory
 
 
 class VGG(nnx.bridge.ToNNX):

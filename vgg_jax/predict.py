@@ -29,10 +29,10 @@ from absl import flags  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
 from vgg_jax.core import command_line, compilation  # noqa: E402
-from vgg_jax.weights import model_directory
-from vgg_jax.evaluate import ensemble as evaluation
+from vgg_jax.core.class_names import imagenet_class_names, IMAGENET_CLASSES  # noqa: E402
 from vgg_jax.data import preprocessing as pp  # noqa: E402
-from vgg_jax.core.class_names import IMAGENET_CLASSES, imagenet_class_names  # noqa: E402
+from vgg_jax.evaluate import ensemble, methods
+from vgg_jax.weights import model_directory
 
 FLAGS = flags.FlagValues()  # this CLI's own, so that importing it defines no global flags
 flags.DEFINE_string("checkpoint", None, "a training workdir, model directory, weight file (with --arch), "
@@ -45,7 +45,7 @@ flags.DEFINE_integer("heatmap_scale", None, "test scale of the heatmap (default:
                      flag_values=FLAGS)
 flags.mark_flag_as_required("checkpoint", flag_values=FLAGS)
 
-_dense_score_maps = compilation.jit(evaluation.dense_score_maps, static_argnums=0)
+_dense_score_maps = compilation.jit(methods.dense_score_maps, static_argnums=0)
 
 HEATMAP_POSITIONS = 6  # score-map positions across the smallest side at the default heatmap scale
 FIGURE_MIN_WIDTH = 320  # px: smaller images are enlarged so that the legend fits beneath them
@@ -66,11 +66,11 @@ def class_names(spec: model_directory.ModelSpec, num_classes: int) -> list[str]:
 def predict(model, variables, spec, image: np.ndarray, scale: int) -> tuple[np.ndarray, np.ndarray]:
     """(posterior (C,), class score map (h, w, C)) of a uint8 HxWx3 image at test scale `scale`.
     The posterior is flip-averaged; the map is the image's own (unmirrored)."""
-    evaluation.check_scale(scale, model.image_size)
+    ensemble.check_scale(scale, model.image_size)
     rescaled = spec.preprocess(image, scale)[0]
-    batch = evaluation.dense_batch([rescaled], rescaled.shape[:2])
+    batch = methods.dense_batch([rescaled], rescaled.shape[:2])
     scores, valid = _dense_score_maps(model, variables, **batch)
-    posterior = evaluation.flip_average(evaluation.spatial_softmax(scores, valid))[0]
+    posterior = methods.flip_average(methods.spatial_softmax(scores, valid))[0]
     return np.asarray(posterior), np.asarray(scores[0])
 
 
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no image files given (see --help)", file=sys.stderr)
         return 2
     try:
-        member = evaluation.load_member(FLAGS.checkpoint, FLAGS.arch)
+        member = methods.load_member(FLAGS.checkpoint, FLAGS.arch)
         model, variables, spec = member.model, member.variables, member.spec
         if not model.include_top:
             raise ValueError(f"{member.source} has no classifier head (include_top=False): predict needs fc6-fc8")
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         scale = FLAGS.scale or model.image_size
         heatmap_scale = FLAGS.heatmap_scale or default_heatmap_scale(model.image_size)
         for q in (scale, heatmap_scale):
-            evaluation.check_scale(q, model.image_size)
+            ensemble.check_scale(q, model.image_size)
     except ValueError as error:  # CheckpointError and WeightsError are ValueErrors
         print(f"error: {error}", file=sys.stderr)
         return 1

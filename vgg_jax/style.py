@@ -34,8 +34,8 @@ import optax
 from flax import struct
 
 import vgg_jax
-from vgg_jax.features import extract_features
 from vgg_jax.core.normalization import Normalization
+from vgg_jax.features import extract_features
 
 STYLE_LAYERS = {"relu1_1": 0.2, "relu2_1": 0.2, "relu3_1": 0.2, "relu4_1": 0.2, "relu5_1": 0.2}
 CONTENT_LAYERS = {"relu4_2": 1.0}

@@ -22,12 +22,11 @@ import tqdm  # noqa: E402
 from absl import flags  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from vgg_jax.core import command_line  # noqa: E402
-from vgg_jax.weights import loading
 from vgg_jax import style
-from vgg_jax.data import preprocessing as pp  # noqa: E402
-from vgg_jax.data import transforms  # noqa: E402
+from vgg_jax.core import command_line  # noqa: E402
 from vgg_jax.core.models import POOLS  # noqa: E402
+from vgg_jax.data import preprocessing as pp, transforms  # noqa: E402
+from vgg_jax.weights import loading
 
 FLAGS = flags.FlagValues()  # this CLI's own, so that importing it defines no global flags
 flags.DEFINE_string("out", None, "where to write the result (PNG, JPEG, ...)", flag_values=FLAGS)

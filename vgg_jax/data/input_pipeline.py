@@ -35,9 +35,8 @@ from typing import Iterator
 import jax
 import numpy as np
 
-from vgg_jax.data import digits, synthetic
-from vgg_jax.data import folders, imagenet, pipeline, tfds
-from vgg_jax.data.pipeline import TRAIN_ATTEMPTS, Layout
+from vgg_jax.data import digits, folders, imagenet, pipeline, synthetic, tfds
+from vgg_jax.data.pipeline import Layout, TRAIN_ATTEMPTS
 from vgg_jax.data.sources import DatasetError, ImageSource, SkippedFiles
 
 FOLDER_PREFIX = folders.PREFIX

@@ -24,8 +24,7 @@ import grain
 import numpy as np
 from absl import flags
 
-from vgg_jax.data import synthetic
-from vgg_jax.data import transforms
+from vgg_jax.data import synthetic, transforms
 from vgg_jax.data.decode import UnreadableImage
 from vgg_jax.data.sources import ImageSource
 

@@ -15,10 +15,9 @@ import os
 
 import numpy as np
 
-from vgg_jax.data import decode as data_decode
-from vgg_jax.data import transforms
-from vgg_jax.data.lazy_tensorflow import tf  # imported at the first op: `import vgg_jax.data.preprocessing` needs no TF
 from vgg_jax.core.normalization import Normalization
+from vgg_jax.data import decode as data_decode, transforms
+from vgg_jax.data.lazy_tensorflow import tf  # imported at the first op: `import vgg_jax.data.preprocessing` needs no TF
 
 
 def decode(data: tf.Tensor) -> tf.Tensor:

@@ -21,8 +21,8 @@ from typing import Iterator
 import numpy as np
 
 from vgg_jax.data import preprocessing as pp
-from vgg_jax.data.sources import EncodedSource, SkippedFiles
 from vgg_jax.data.lazy_tensorflow import tf, tfds
+from vgg_jax.data.sources import EncodedSource, SkippedFiles
 
 
 def _shuffled(values, key):

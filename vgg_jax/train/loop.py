@@ -10,13 +10,10 @@ Batches arrive as uint8 pixels; the steps flip, colour-shift and normalise them 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import logging
 import os
-import re
-import signal
 from typing import Any
 
 import jax
@@ -26,43 +23,25 @@ import numpy as np
 import optax
 
 import vgg_jax
-from vgg_jax.data import augmentation, input_pipeline
-from vgg_jax.core import checkpoints, compilation, sharding
-from vgg_jax.weights import model_directory
-from vgg_jax.train import configuration, preinit, reporting, run_files, steps
 from vgg_jax import weights
+from vgg_jax.core import checkpoints, compilation, sharding
 from vgg_jax.core.normalization import Normalization
+from vgg_jax.data import augmentation, input_pipeline
+from vgg_jax.train import configuration, faults, preinit, reporting, run_files, steps
 from vgg_jax.train.run_files import Progress
 from vgg_jax.train.steps import TrainState
 from vgg_jax.train.tensorboard_writer import ScalarWriter
+from vgg_jax.weights import model_directory
 
 log = logging.getLogger("vgg_jax.train")
-
-
-class Diverged(RuntimeError):
-    """The training loss became NaN or Inf, or far above its recent level (`divergence`)."""
-
-
-class LostProcess(RuntimeError):
-    """A collective with the other processes of a multi-process job failed: one of them is gone."""
 
 
 # What a user can fix (config values, workdirs, disks, a diverging rate, the data): the CLIs
 # print these as one `error:` line; anything else is a bug and keeps its traceback. An OSError
 # always names a file and what the system refused (a read-only workdir, a full disk).
 USER_ERRORS = (configuration.ConfigError, checkpoints.CheckpointError, checkpoints.CheckpointSaveError,
-               weights.WeightsError, Diverged, OSError, run_files.RunFileError, run_files.WorkdirInUse,
+               weights.WeightsError, faults.Diverged, OSError, run_files.RunFileError, run_files.WorkdirInUse,
                input_pipeline.DatasetError)
-
-# The divergence rule: a step's loss above DIVERGENCE_FACTOR x the recent level, the median of
-# the last progress lines' mean losses (run_files.RECENT_LINES, kept in the checkpoints), and
-# never below ln(classes), the loss of a uniform guess, where a fresh net starts.
-DIVERGENCE_FACTOR = 10.0
-
-# How a failed collective reads (CPU: gloo; any backend: jax.distributed's barriers, which orbax's
-# multi-process saves use). NCCL's and ICI's wordings are not listed: untested here; a GPU or TPU
-# job that loses a process ends by jax's heartbeat timeout instead (sharding.HEARTBEAT_TIMEOUT).
-COLLECTIVE_FAILURE = re.compile(r"Gloo \w+ failed|Barrier (timed out|failed)|heartbeat timeout|stopped sending heartbeats")
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> vgg_jax.VGG:
@@ -96,37 +75,6 @@ class Run:
         return max(1, int(self.config.train.eval_every_epochs * self.steps_per_epoch))
 
 
-class StopRequest:
-    """Turns SIGTERM and Ctrl-C into a flag the loop checks, so it can save before exiting."""
-
-    def __init__(self):
-        self.signal = None
-
-    def __enter__(self):
-        self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGTERM, signal.SIGINT)}
-        return self
-
-    def handle(self, signum, frame):
-        self.signal = signal.Signals(signum).name
-
-    def __exit__(self, *exc):
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-
-
-def agreed_stop(local_signal: str | None) -> str | None:
-    """The stop decision every process takes together: a signal to any one process stops all
-    of them at the same step (else the others would wait forever in the next all-reduce)."""
-    if jax.process_count() == 1:
-        return local_signal
-    from jax.experimental import multihost_utils
-
-    flags = multihost_utils.process_allgather(np.int32(local_signal is not None))
-    if not np.any(flags):
-        return None
-    return local_signal or f"a signal to process {int(np.argmax(flags))}"
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains per `config`, checkpointing into and resuming from `workdir`; returns the final
     metrics (also in workdir/results.json). A finished workdir is left as it is (its results.json
@@ -134,9 +82,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     the last step is done they wait for the final save and results.json."""
     configuration.validate(config)
     workdir = os.path.abspath(workdir)
-    with run_files.workdir_lock(workdir), StopRequest() as stop:
+    with run_files.workdir_lock(workdir), faults.StopRequest() as stop:
         run = setup(config, workdir)
-        with closed_unless_lost(run.manager):
+        with faults.closed_unless_lost(run.manager):
             state, progress = restore_or_initialise(run)
             if int(state.step) >= run.num_steps or progress.stopped:
                 return finished_run_results(run, state, progress)
@@ -152,7 +100,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
                checkpoints.open_manager(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints))
 
 
-def train(run: Run, state: TrainState, progress: Progress, stop: StopRequest) -> dict:
+def train(run: Run, state: TrainState, progress: Progress, stop: faults.StopRequest) -> dict:
     """The loop, then the final save and results.json, all under `stop`'s signal handlers."""
     writer = ScalarWriter(run.workdir if jax.process_index() == 0 else None)  # TensorBoard events
     try:
@@ -183,43 +131,6 @@ def finished_run_results(run: Run, state: TrainState, progress: Progress) -> dic
         run_files.write_results(run.workdir, results)
         log.warning("%s; rebuilt it from the checkpoints' stored metrics", error)
         return results
-
-
-@contextlib.contextmanager
-def closed_unless_lost(manager):
-    """Closes the checkpoint manager however the run ends, except when a process of the job is
-    lost: a failed collective becomes LostProcess, and the manager stays open, since closing it
-    would wait for a save whose barriers wait for the lost process (until the heartbeat timeout)."""
-    try:
-        yield
-    except Exception as error:
-        lost = lost_process(error, manager.directory)
-        if lost is None:
-            checkpoints.close_quietly(manager)
-            raise
-        raise lost from error
-    checkpoints.close_quietly(manager)
-
-
-def lost_process(error: Exception, root) -> LostProcess | None:
-    """LostProcess naming the process this one lost contact with and the newest committed step,
-    if `error` (or its cause) is a failed collective of a multi-process job; else None."""
-    if jax.process_count() == 1:
-        return None
-    chain, seen = [], error
-    while seen is not None:
-        chain.append(str(seen))
-        seen = seen.__cause__ or seen.__context__
-    failure = next((text for text in chain if COLLECTIVE_FAILURE.search(text)), None)
-    if failure is None:
-        return None
-    others = [i for i in range(jax.process_count()) if i != jax.process_index()]
-    lost = (f"process {others[0]}" + (" (the coordinator)" if others[0] == 0 else "") if len(others) == 1
-            else f"one of processes {others}")
-    step = checkpoints.newest_committed_step(root)
-    resume = (f"the newest committed step in {root} is {step}: restart every process to resume from it"
-              if step is not None else f"no step was committed in {root}")
-    return LostProcess(f"lost {lost}: a collective with it failed ({failure.strip().splitlines()[0][:300]}); {resume}")
 
 
 def restore_or_initialise(run: Run) -> tuple[TrainState, Progress]:
@@ -262,7 +173,7 @@ def restore(run: Run, step: int) -> tuple[TrainState, Progress]:
 
 
 def train_loop(run: Run, state: TrainState, progress: Progress, writer,
-               stop: StopRequest) -> tuple[TrainState, Progress, str | None]:
+               stop: faults.StopRequest) -> tuple[TrainState, Progress, str | None]:
     """Steps until num_steps, a stop signal or the paper's schedule ends; returns the state,
     the progress record and the signal that stopped it, if any."""
     train = run.config.train
@@ -283,7 +194,7 @@ def train_loop(run: Run, state: TrainState, progress: Progress, writer,
         save_now = evaluate_now or (train.checkpoint_every_steps and step % train.checkpoint_every_steps == 0)
         check_now = save_now or step % train.log_every == 0
         # Every process reaches the same check steps: there they agree on stopping.
-        signalled = agreed_stop(stop.signal) if (check_now or jax.process_count() == 1) else None
+        signalled = faults.agreed_stop(stop.signal) if (check_now or jax.process_count() == 1) else None
         if not (check_now or signalled):
             continue
         progress = checked_progress(run, progress, pending)
@@ -366,41 +277,16 @@ def skipped_files(run: Run) -> dict[str, int]:
 
 def checked_progress(run: Run, progress: Progress, pending: list[tuple[int, dict]]) -> Progress:
     """`progress` with the means of the pending step metrics (fetched in one transfer) as its
-    newest progress line; raises Diverged, before anything of these steps is saved, if their
-    loss shows divergence."""
+    newest progress line; raises faults.Diverged, before anything of these steps is saved, if their
+    loss shows faults.divergence."""
     host = [(step, jax.tree.map(float, m)) for step, m in jax.device_get(pending)]
-    problem = divergence([m["loss"] for _, m in host], [line["loss"] for line in progress.recent_train],
+    problem = faults.divergence([m["loss"] for _, m in host], [line["loss"] for line in progress.recent_train],
                          run.model.num_classes)
     if problem is not None:
         index, reason = problem
-        raise Diverged(f"the training loss is {host[index][1]['loss']:.4g} at step {host[index][0]} ({reason}); "
-                       f"stopped without saving it: {newest_good_checkpoint(run.manager)}")
+        raise faults.Diverged(f"the training loss is {host[index][1]['loss']:.4g} at step {host[index][0]} ({reason}); "
+                       f"stopped without saving it: {faults.newest_good_checkpoint(run.manager)}")
     return progress.with_train_line({key: float(np.mean([m[key] for _, m in host])) for key in host[0][1]})
-
-
-def divergence(losses: list[float], recent: list[float], num_classes: int) -> tuple[int, str] | None:
-    """(index, reason) of the first of `losses` that is NaN/Inf or above DIVERGENCE_FACTOR x the
-    recent level (the median of the `recent` progress lines' losses; before the first line, the
-    first loss: a new head on pretrained features may start far above a uniform guess; at least
-    ln(num_classes)); else None."""
-    start = losses[0] if losses and np.isfinite(losses[0]) else 0.0
-    level = max(float(np.median(recent)) if recent else start, float(np.log(num_classes)))
-    for index, loss in enumerate(losses):
-        if not np.isfinite(loss):
-            return index, "not finite"
-        if loss > DIVERGENCE_FACTOR * level:
-            return index, f"over {DIVERGENCE_FACTOR:g}x its recent level {level:.4g}"
-    return None
-
-
-def newest_good_checkpoint(manager) -> str:
-    """Which checkpoint a resume would start from: every saved step passed the divergence check,
-    so the newest committed one (a save in flight is let finish first)."""
-    checkpoints.finish_saving(manager)
-    step = checkpoints.newest_committed_step(manager.directory)
-    if step is None:
-        return f"no checkpoint was saved before it (none in {manager.directory})"
-    return f"the newest good checkpoint is step {step} in {manager.directory}; resume from it with a lower learning rate"
 
 
 def log_progress(step: int, run: Run, metrics: dict, state: TrainState, rate: reporting.Throughput, writer) -> None:

@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vgg_jax.core import compilation
-from vgg_jax.weights import loading
 from vgg_jax.core.checkpoints import CheckpointError, shape_mismatches
+from vgg_jax.weights import loading
 
 log = logging.getLogger("vgg_jax.train")
 

@@ -21,8 +21,8 @@ import jax
 import ml_collections
 
 from vgg_jax.core import checkpoints
-from vgg_jax.weights import model_directory
 from vgg_jax.train import configuration, steps
+from vgg_jax.weights import model_directory
 
 log = logging.getLogger("vgg_jax.train")
 RECENT_LINES = 8  # progress lines a checkpoint remembers (the divergence check's recent level)

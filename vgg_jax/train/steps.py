@@ -19,9 +19,9 @@ import ml_collections
 import optax
 
 import vgg_jax
-from vgg_jax.data import augmentation, input_pipeline
 from vgg_jax.core import compilation, sharding
 from vgg_jax.core.normalization import Normalization
+from vgg_jax.data import augmentation, input_pipeline
 
 
 @flax.struct.dataclass
@@ -103,6 +103,12 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
+def micro_batches(x: jax.Array, accum_steps: int) -> jax.Array:
+    """(B, ...) -> (accum, B/accum, ...) taking every accum-th example, so each micro-batch keeps
+    the batch's sharding over devices."""
+    return jnp.swapaxes(x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]), 0, 1)
+
+
 def train_step(state: TrainState, batch: dict, *, model: vgg_jax.VGG, tx: optax.GradientTransformation,
                accum_steps: int = 1, frozen_backbone: bool = False, augment=None) -> tuple[TrainState, dict]:
     """One SGD step on the global batch, averaged over `accum_steps` sequential micro-batches.
@@ -127,11 +133,8 @@ def train_step(state: TrainState, batch: dict, *, model: vgg_jax.VGG, tx: optax.
         correct += jnp.sum(jnp.argmax(logits, -1) == labels)
         return (grads, batch_stats, loss_sum + loss, correct), None
 
-    # (B, ...) -> (accum, B/accum, ...) taking every accum-th example, so each micro-batch
-    # keeps the batch's sharding over devices.
-    split = lambda x: jnp.swapaxes(x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]), 0, 1)
     images = batch["image"] if augment is None else augment(batch["image"], state.step)
-    images, labels = split(images), split(batch["label"])
+    images, labels = micro_batches(images, accum_steps), micro_batches(batch["label"], accum_steps)
     zeros = jax.tree.map(jnp.zeros_like, state.params)
     init = (zeros, state.batch_stats, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
     if accum_steps == 1:  # no loop: XLA:CPU runs the step ~20% faster outside a while loop

@@ -26,11 +26,10 @@ from safetensors import safe_open
 
 import vgg_jax
 from vgg_jax.core import checkpoints, normalization
-from vgg_jax.weights import model_directory
-from vgg_jax.weights import spec_fields
-from vgg_jax.core.models import BLOCK_WIDTHS, DOWNSAMPLING, FC_WIDTH, LAYOUTS, initializers
+from vgg_jax.core.models import BLOCK_WIDTHS, DOWNSAMPLING, FC_WIDTH, initializers, LAYOUTS
+from vgg_jax.weights import model_directory, spec_fields
 from vgg_jax.weights.errors import WeightsError
-from vgg_jax.weights.file_tensors import FLOAT_DTYPES, FileTensor, file_errors, is_float, untrusted
+from vgg_jax.weights.file_tensors import file_errors, FileTensor, FLOAT_DTYPES, is_float, untrusted
 from vgg_jax.weights.keras_files import open_keras
 from vgg_jax.weights.torch_files import open_torch
 

@@ -26,10 +26,9 @@ import filelock
 import tqdm
 
 from vgg_jax.core import checkpoints
-from vgg_jax.weights import model_directory
 from vgg_jax.core.class_names import imagenet_class_names
 from vgg_jax.core.directory_writes import remove, temporary_path
-from vgg_jax.weights import conversion, registry
+from vgg_jax.weights import conversion, model_directory, registry
 from vgg_jax.weights.errors import WeightsError
 
 HOME_VARIABLE = "VGG_JAX_HOME"

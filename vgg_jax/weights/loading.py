@@ -16,8 +16,7 @@ import os
 
 import vgg_jax
 from vgg_jax.core import checkpoints
-from vgg_jax.weights import model_directory
-from vgg_jax.weights import conversion, download, registry
+from vgg_jax.weights import conversion, download, model_directory, registry
 
 PRETRAINED_PREFIX = "pretrained:"
 

@@ -138,7 +138,12 @@ class PickleWalk:
             elif name == "ADDITEMS":
                 self.check_keys(items)
             self.fill(self.top(), items)
-        elif name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+        else:
+            self.reference_step(name, arg)
+
+    def reference_step(self, name: str, arg) -> None:
+        """The opcodes that refer to values made before: the memo, globals and calls, stack moves."""
+        if name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
             index = len(self.memo) if name == "MEMOIZE" else int(arg)
             if not 0 <= index <= len(self.memo) + 1:  # picklers number their memo 0, 1, 2 (Python 2's from 1)
                 raise ValueError(f"memo index {index} skips ahead of the {len(self.memo)} values memoized")

@@ -29,7 +29,7 @@ import numpy as np
 
 from vgg_jax.weights.errors import WeightsError
 from vgg_jax.weights.file_tensors import FileTensor, untrusted
-from vgg_jax.weights.pickle_check import MAX_PICKLE_BYTES, check_pickle
+from vgg_jax.weights.pickle_check import check_pickle, MAX_PICKLE_BYTES
 
 STORAGE_DTYPES = {
     "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
