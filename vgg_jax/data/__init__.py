@@ -1,13 +1,18 @@
-"""The data wing: image sources, decoding and the host's preprocessing, fed through Grain.
+"""The data wing: image sources, decoding and the host's preprocessing, fed through Grain, and
+the device's share of the paper's preprocessing.
 
-decode       image bytes -> uint8 RGB pixels (libjpeg-turbo, Pillow), with the pixel limit
-transforms   the paper's rescale and crop windows on numpy images (OpenCV resizing)
-sources      random-access sources (in-memory arrays, encoded bytes, files) and skipped files
-folders      folder:PATH datasets, a sub-folder per class
-imagenet     imagenet:PATH, ILSVRC-2012 as downloaded (train folders, flat validation folder)
-pipeline     Grain datasets: train, evaluation and whole-image streams, by index arithmetic
-tfds         tensorflow-datasets TFRecords through tf.data (the optional `tfds` extra)
+input_pipeline  a config's data.source -> sharded, resumable uint8 batches (the one entry point)
+decode          image bytes -> uint8 RGB pixels (libjpeg-turbo, Pillow), with the pixel limit
+transforms      the paper's rescale and crop windows on numpy images
+sources         random-access sources (in-memory arrays, encoded bytes, files) and skipped files
+folders         folder:PATH datasets, a sub-folder per class
+imagenet        imagenet:PATH, ILSVRC-2012 as downloaded (train folders, flat validation folder)
+digits          scikit-learn's handwritten digits (offline); synthetic: class patterns from numpy
+pipeline        Grain datasets: train, evaluation and whole-image streams, by index arithmetic
+tfds            tensorflow-datasets TFRecords through tf.data (the optional `tfds` extra), with
+                preprocessing (tf.image ops) and lazy_tensorflow (TF imported at first use)
+augmentation    the device's share: flip, colour shift and normalisation inside the jitted steps
 
-It imports numpy, OpenCV, simplejpeg, Pillow and Grain, and TensorFlow only in `tfds`; never
-the model, training or evaluation code.
+It imports the core alone of vgg_jax (class names, normalisation): never weights, training or
+evaluation code; TensorFlow only on the tfds path.
 """

@@ -2,7 +2,7 @@
 report, validate (with the paper's plateau schedule) and checkpoint; stop on a signal; finish.
 
 The steps and the optimiser are in `steps`, the run's files and resume policy in `run_files`,
-pre-initialisation in `preinit`, progress lines in `reporting`.
+pre-initialisation in `preinit`, progress lines in `reporting`, signals and faults in `faults`.
 Batches arrive as uint8 pixels; the steps flip, colour-shift and normalise them on the device
 (`augmentation`), and the next batches are already on the devices while a step runs
 (`sharding.prefetch_to_mesh`).

@@ -1,7 +1,7 @@
 """The paper's optimisation (Sec. 3.1): train state, optimiser and the jitted steps.
 
 SGD with momentum 0.9 and L2 5e-4 on weights, dropout 0.5 on fc6/fc7, learning rate 1e-2
-divided by 10 when validation accuracy stops improving (the loop in `training` does that by
+divided by 10 when validation accuracy stops improving (the loop in `loop` does that by
 `with_learning_rate`). One jitted train step over a data Mesh (batch sharded, state replicated
 and donated); gradient accumulation by a scan over micro-batches so a batch of 256 fits small
 devices.
