@@ -35,7 +35,7 @@ COMPREHENSION = re.compile(r"(\.<locals>\.<(listcomp|dictcomp|setcomp|genexpr)>)
 
 # Layering: a unit must not import any unit equal to or under these (itself excepted).
 RULES = {
-    "vgg_jax/core": ("vgg_jax",),
+    "vgg_jax/core": ("vgg_jax",),  # no other unit of the package, the root and the applications included
     "vgg_jax/data": ("vgg_jax/train", "vgg_jax/evaluate", "vgg_jax/weights"),
     "vgg_jax/weights": ("vgg_jax/train", "vgg_jax/evaluate"),
     "vgg_jax/evaluate": ("vgg_jax/train",),
@@ -87,14 +87,28 @@ def imported_modules(module: str, file: pathlib.Path, tree: ast.Module, known) -
     return found - {None, module}
 
 
+def import_graph() -> dict[str, set[str]]:
+    """Each of our modules -> our modules it imports."""
+    sources = parse_sources()
+    return {m: imported_modules(m, f, tree, sources) for m, (f, tree) in sources.items()}
+
+
+def unit_edges(graph: dict[str, set[str]]) -> set[tuple[str, str]]:
+    return {(unit(m), unit(t)) for m, targets in graph.items() for t in targets if unit(m) != unit(t)}
+
+
+def layering_violations(edges: set[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The (importer, imported) unit edges that RULES forbid."""
+    return sorted((s, t) for s, t in edges for banned in RULES.get(s, ()) if t == banned or t.startswith(banned + "/"))
+
+
 def report_units(graph: dict[str, set[str]]) -> None:
-    edges = {(unit(m), unit(t)) for m, targets in graph.items() for t in targets if unit(m) != unit(t)}
+    edges = unit_edges(graph)
     units = sorted({unit(m) for m in graph})
     print(f"1. Units and import edges\n  units: {len(units)}, edges: {len(edges)}")
     for u in units:
         print(f"  {u} -> {', '.join(sorted(t for s, t in edges if s == u)) or '(none)'}")
-    violations = sorted((s, t) for s, t in edges for banned in RULES.get(s, ())
-                        if t == banned or t.startswith(banned + "/"))
+    violations = layering_violations(edges)
     print(f"  layering violations: {len(violations)}")
     for s, t in violations:
         print(f"    {s} -> {t}")
@@ -204,7 +218,7 @@ def main() -> None:
     parser.add_argument("--list", action="store_true", help="print the moves themselves")
     args = parser.parse_args()
     sources = parse_sources()
-    graph = {m: imported_modules(m, f, tree, sources) for m, (f, tree) in sources.items()}
+    graph = import_graph()
     report_units(graph)
     report_sizes(sources)
     report_walk(sources, graph, args.list)

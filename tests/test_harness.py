@@ -123,7 +123,7 @@ def test_a_finished_workdir_without_readable_results_rebuilds_them(damage, tmp_p
 
 # --- one run per workdir ---------------------------------------------------------------------
 
-HOLD_LOCK = ("import sys, time; from vgg_jax import run_files\nwith run_files.workdir_lock(sys.argv[1]):\n"
+HOLD_LOCK = ("import sys, time; from vgg_jax.train import run_files\nwith run_files.workdir_lock(sys.argv[1]):\n"
              "    print('locked', flush=True); time.sleep(600)")
 
 
