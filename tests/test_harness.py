@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 
 import jax
@@ -76,6 +77,32 @@ def test_a_finished_run_is_left_alone_and_continues_when_the_budget_grows(tmp_pa
 
 
 # --- the end of a run: signals, results.json --------------------------------------------------
+
+class SlowWrite:
+    """A checkpoint manager whose pending write takes `seconds` to finish."""
+    directory = "/runs/default/checkpoints"
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def latest_step(self):
+        return 440
+
+    def wait_until_finished(self):
+        time.sleep(self.seconds)
+
+
+def test_a_slow_checkpoint_write_is_announced_while_it_is_awaited(monkeypatch, caplog):
+    """Catches a silent pause after the final validation line: the final step's fsyncs take
+    tens of seconds on a slow or busy disk. A write that ends in time says nothing."""
+    monkeypatch.setattr(checkpoints, "ANNOUNCE_AFTER_S", 0.05)
+    with caplog.at_level(logging.INFO, logger="vgg_jax.checkpoints"):
+        checkpoints.finish_saving(SlowWrite(0.0))
+        time.sleep(0.1)  # past the announcement's time: a cancelled one stays silent
+        assert "waiting" not in caplog.text
+        checkpoints.finish_saving(SlowWrite(0.3))
+    assert "waiting for the checkpoint of step 440 to finish writing to /runs/default/checkpoints" in caplog.text
+
 
 @pytest.mark.parametrize("moment", ["finish_saving", "write_results"])
 def test_a_sigterm_after_the_last_step_still_leaves_results(moment, tmp_path, monkeypatch):

@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import shutil
+import threading
 from typing import Any, Iterable
 
 import jax
@@ -26,7 +27,7 @@ import orbax.checkpoint as ocp
 
 from vgg_jax.core import models
 
-log = logging.getLogger("vgg_jax.core.checkpoints")
+log = logging.getLogger("vgg_jax.checkpoints")
 
 STATE, META = "state", "meta"
 BEST_METRIC = "val_top1"  # the validation metric that ranks steps (higher is better)
@@ -78,6 +79,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict,
     directory, the OS error and the newest step still readable there when the filesystem
     refuses (full, read-only, no permission): committed steps stay as they were."""
     with save_errors(manager.directory):
+        wait_announced(manager)  # the previous step's write, which manager.save would await silently
         manager.save(step, args=ocp.args.Composite(**{
             STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)}), metrics=metrics,
             force=True)
@@ -86,7 +88,25 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict,
 def finish_saving(manager: ocp.CheckpointManager) -> None:
     """Waits for pending asynchronous saves, raising CheckpointSaveError as `save` does."""
     with save_errors(manager.directory):
+        wait_announced(manager)
+
+
+ANNOUNCE_AFTER_S = 2.0  # the quickstart's 13.5 MB step is written in 0.2-1.4 s on a local disk
+
+
+def wait_announced(manager: ocp.CheckpointManager) -> None:
+    """manager.wait_until_finished, with a line naming the step still being written once the
+    wait passes ANNOUNCE_AFTER_S. Every file of a step is fsynced (tensorstore's default): a slow
+    or busy disk (20 writes/s: 4-5 s for the quickstart's step) would otherwise be a silent pause
+    after the final validation line."""
+    announce = threading.Timer(ANNOUNCE_AFTER_S, log.info, (
+        "waiting for the checkpoint of step %s to finish writing to %s", manager.latest_step(), manager.directory))
+    announce.daemon = True
+    announce.start()
+    try:
         manager.wait_until_finished()
+    finally:
+        announce.cancel()
 
 
 @contextlib.contextmanager
