@@ -65,8 +65,7 @@ for source in ("digits", f"folder:{root}", f"imagenet:{root}"):
     batch = next(ip.train_batches(config, global_batch_size=2, seed=0, process_index=0, process_count=1))
     val = next(ip.eval_batches(config, global_batch_size=2, process_index=0, process_count=1))
     assert batch["image"].shape == val["image"].shape == (2, 32, 32, 3) and val["mask"].all(), source
-from vgg_jax.core import checkpoints  # spec.preprocess, what predict and the README's examples call
-from vgg_jax.weights import model_directory
+from vgg_jax.weights import model_directory  # spec.preprocess, what predict and the README's examples call
 spec = model_directory.ModelSpec("vgg11", {"num_classes": 2, "width": 0.125, "image_size": 32})
 assert spec.preprocess(f"{root}/train/n0000000a/0.JPEG", 48).shape == (1, 48, 64, 3)
 print("read without tensorflow")
@@ -177,11 +176,13 @@ def test_synthetic_source_names_are_checked(source, problem):
     assert (problem in problems[0]) if problem else problems == []
 
 
-def read_scalars(directory):
+def read_scalars(directory, name=None):
+    """(step, tag, plugin, value) of the scalars in `name`, default the directory's one event file."""
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
     from tensorboard.util import tensor_util
 
-    (name,) = [f for f in os.listdir(directory) if f.startswith("events.out.tfevents")]
+    if name is None:
+        (name,) = [f for f in os.listdir(directory) if f.startswith("events.out.tfevents")]
     rows = []
     for event in EventFileLoader(os.path.join(directory, name)).Load():
         for value in event.summary.value:
@@ -209,6 +210,21 @@ def test_tensorboard_scalars_are_what_tf_summary_writes(tmp_path):
     for (step, tag, plugin, value), (t_step, t_tag, t_plugin, t_value) in zip(read_scalars(tmp_path / "ours"), theirs):
         assert (step, tag, plugin, value.dtype, value.shape) == (t_step, t_tag, t_plugin, t_value.dtype, t_value.shape)
         assert value == t_value
+
+
+def test_tensorboard_events_are_written_without_importing_tensorflow_where_it_is_installed(tmp_path):
+    """Catches the event file opened through tensorboard.compat.tf (EventFileWriter's
+    tf.io.gfile), which imports all of an installed TensorFlow: seconds at every run's start,
+    its oneDNN banner, and a slower exit. Also catches a second writer of the same second
+    overwriting the first's file."""
+    pytest.importorskip("tensorflow")
+    code = ("import sys; from vgg_jax.train.tensorboard_writer import ScalarWriter\n"
+            "for step in (1, 2):\n    w = ScalarWriter(sys.argv[1]); w.write_scalars(step, {'loss': 0.5}); w.close()\n"
+            "print('tensorflow' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.strip() == "False", run.stdout + run.stderr[-2000:]
+    steps = sorted(step for name in os.listdir(tmp_path) for step, *_ in read_scalars(tmp_path, name))
+    assert steps == [1, 2]
 
 
 
