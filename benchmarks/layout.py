@@ -98,8 +98,12 @@ def unit_edges(graph: dict[str, set[str]]) -> set[tuple[str, str]]:
 
 
 def layering_violations(edges: set[tuple[str, str]]) -> list[tuple[str, str]]:
-    """The (importer, imported) unit edges that RULES forbid."""
-    return sorted((s, t) for s, t in edges for banned in RULES.get(s, ()) if t == banned or t.startswith(banned + "/"))
+    """The (importer, imported) unit edges that RULES forbid, and a wing (a subpackage) importing
+    the package root or an application module above it, which import the wings."""
+    above = lambda t: t == PACKAGE or (t.startswith(PACKAGE + "/") and t.endswith(".py"))
+    wing = lambda s: s.startswith(PACKAGE + "/") and not s.endswith(".py")
+    return sorted({(s, t) for s, t in edges for banned in RULES.get(s, ()) if t == banned or t.startswith(banned + "/")}
+                  | {(s, t) for s, t in edges if wing(s) and above(t)})
 
 
 def report_units(graph: dict[str, set[str]]) -> None:

@@ -5,8 +5,9 @@ from benchmarks import layout
 
 def test_no_wing_imports_what_its_layer_may_not():
     """Catches an import against the layering (the core importing a wing, data importing
-    training or weights code, weights or evaluation importing training), function-level imports
-    included: each such edge makes the wings a tangle again."""
+    training or weights code, weights or evaluation importing training, a wing importing the
+    package root or an application), function-level imports included: each such edge makes the
+    wings a tangle again."""
     edges = layout.unit_edges(layout.import_graph())
     assert ("vgg_jax/train", "vgg_jax/core") in edges  # the graph sees the package's imports at all
     assert layout.layering_violations(edges) == []

@@ -30,7 +30,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import vgg_jax
 from vgg_jax.core import compilation, models, sharding
 from vgg_jax.data import augmentation
 from vgg_jax.weights import loading, model_directory
@@ -44,7 +43,7 @@ POOLS = len(models.BLOCK_WIDTHS)
 class Member:
     """One net of an ensemble."""
 
-    model: vgg_jax.VGG
+    model: models.VGG
     variables: dict
     spec: model_directory.ModelSpec
     source: str
@@ -74,7 +73,7 @@ def valid_positions(sizes: jax.Array, padded: tuple[int, int], shape: tuple[int,
     return rows[:, :, None] & cols[:, None, :]
 
 
-def dense_score_maps(model: vgg_jax.VGG, variables: dict, images: jax.Array,
+def dense_score_maps(model: models.VGG, variables: dict, images: jax.Array,
                      sizes: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Class score maps (N, h, w, C) of images zero-padded from `sizes` (N, 2), and their valid
     positions (N, h, w). On valid positions the maps equal those of the unpadded images."""

@@ -12,7 +12,7 @@ import os
 import jax
 import ml_collections
 
-import vgg_jax
+from vgg_jax.core import models
 from vgg_jax.data import input_pipeline, synthetic
 from vgg_jax.data.decode import DEFAULT_MAX_PIXELS
 from vgg_jax.data.lazy_tensorflow import MissingTensorFlow, tf, tfds
@@ -77,18 +77,18 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
 
 def model_problems(model) -> list[str]:
     problems = []
-    if model.arch not in vgg_jax.ARCHITECTURES:
-        problems.append(f"model.arch={model.arch!r} is unknown; choose one of {', '.join(sorted(vgg_jax.ARCHITECTURES))}")
+    if model.arch not in models.ARCHITECTURES:
+        problems.append(f"model.arch={model.arch!r} is unknown; choose one of {', '.join(sorted(models.ARCHITECTURES))}")
     problems += positive("model.width", model.width)
     if not isinstance(model.image_size, int) or model.image_size < 32 or model.image_size % 32:
         problems.append(f"model.image_size={model.image_size!r} must be a multiple of 32 (five 2x2 poolings), at least 32")
     if not 0 <= model.dropout_rate < 1:
         problems.append(f"model.dropout_rate={model.dropout_rate!r} must be in [0, 1)")
     problems += one_of("model.dtype", model.dtype, DTYPES)
-    problems += one_of("model.init_scheme", model.init_scheme, vgg_jax.core.models.INIT_SCHEMES)
+    problems += one_of("model.init_scheme", model.init_scheme, models.INIT_SCHEMES)
     if not isinstance(model.num_classes, int) or model.num_classes < 0:
         problems.append(f"model.num_classes={model.num_classes!r} must be 0 (the dataset's) or a positive count")
-    problems += one_of("model.conv_algorithm", model.conv_algorithm, vgg_jax.core.models.CONV_ALGORITHMS)
+    problems += one_of("model.conv_algorithm", model.conv_algorithm, models.CONV_ALGORITHMS)
     if not isinstance(model.remat, bool):
         problems.append(f"model.remat={model.remat!r} must be True or False")
     return problems

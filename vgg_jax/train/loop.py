@@ -22,9 +22,8 @@ import ml_collections
 import numpy as np
 import optax
 
-import vgg_jax
 from vgg_jax import weights
-from vgg_jax.core import checkpoints, compilation, sharding
+from vgg_jax.core import checkpoints, compilation, models, sharding
 from vgg_jax.core.normalization import Normalization
 from vgg_jax.data import augmentation, input_pipeline
 from vgg_jax.train import configuration, faults, preinit, reporting, run_files, steps
@@ -44,9 +43,9 @@ USER_ERRORS = (configuration.ConfigError, checkpoints.CheckpointError, checkpoin
                input_pipeline.DatasetError)
 
 
-def build_model(config: ml_collections.ConfigDict, num_classes: int) -> vgg_jax.VGG:
+def build_model(config: ml_collections.ConfigDict, num_classes: int) -> models.VGG:
     kwargs = model_kwargs(config, num_classes)
-    return vgg_jax.create_model(config.model.arch, **{**kwargs, "dtype": jnp.dtype(kwargs["dtype"])})
+    return models.create_model(config.model.arch, **{**kwargs, "dtype": jnp.dtype(kwargs["dtype"])})
 
 
 def model_kwargs(config: ml_collections.ConfigDict, num_classes: int) -> dict:
@@ -62,7 +61,7 @@ class Run:
     """What the phases of a training run share: built once from the config and workdir."""
     config: ml_collections.ConfigDict
     workdir: str
-    model: vgg_jax.VGG
+    model: models.VGG
     tx: optax.GradientTransformation
     mesh: Any
     info: input_pipeline.DatasetInfo

@@ -18,8 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-import vgg_jax
-from vgg_jax.core import compilation, sharding
+from vgg_jax.core import compilation, models, sharding
 from vgg_jax.core.normalization import Normalization
 from vgg_jax.data import augmentation, input_pipeline
 
@@ -84,7 +83,7 @@ def with_learning_rate(state: TrainState, value: float) -> TrainState:
     return state.replace(opt_state=state.opt_state._replace(hyperparams=hyperparams))
 
 
-def create_train_state(model: vgg_jax.VGG, tx: optax.GradientTransformation, seed: int,
+def create_train_state(model: models.VGG, tx: optax.GradientTransformation, seed: int,
                        variables: dict | None = None) -> TrainState:
     """A fresh state; `variables` (pre-initialised or imported) replace the random init."""
     init_key, dropout_key = jax.random.split(jax.random.PRNGKey(seed))
@@ -109,7 +108,7 @@ def micro_batches(x: jax.Array, accum_steps: int) -> jax.Array:
     return jnp.swapaxes(x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]), 0, 1)
 
 
-def train_step(state: TrainState, batch: dict, *, model: vgg_jax.VGG, tx: optax.GradientTransformation,
+def train_step(state: TrainState, batch: dict, *, model: models.VGG, tx: optax.GradientTransformation,
                accum_steps: int = 1, frozen_backbone: bool = False, augment=None) -> tuple[TrainState, dict]:
     """One SGD step on the global batch, averaged over `accum_steps` sequential micro-batches.
     `augment(images, step)` turns the batch's uint8 pixels into the model's input
@@ -150,7 +149,7 @@ def train_step(state: TrainState, batch: dict, *, model: vgg_jax.VGG, tx: optax.
                          opt_state=opt_state), metrics
 
 
-def jitted_train_step(model: vgg_jax.VGG, tx: optax.GradientTransformation, train: ml_collections.ConfigDict,
+def jitted_train_step(model: models.VGG, tx: optax.GradientTransformation, train: ml_collections.ConfigDict,
                       augment=None):
     """`train_step` as `train` configures it, jitted; it donates (updates in place) the state."""
     step = functools.partial(train_step, model=model, tx=tx, accum_steps=train.accum_steps,
@@ -158,7 +157,7 @@ def jitted_train_step(model: vgg_jax.VGG, tx: optax.GradientTransformation, trai
     return compilation.jit(step, donate_argnums=0)
 
 
-def eval_step(variables: dict, batch: dict, *, model: vgg_jax.VGG, normalization: Normalization | None = None) -> dict:
+def eval_step(variables: dict, batch: dict, *, model: models.VGG, normalization: Normalization | None = None) -> dict:
     """Sums over the real (mask=True) examples: loss, top-1 and top-5 correct, count. With a
     `normalization`, batch['image'] holds uint8 pixels, normalised here on the device."""
     images = batch["image"] if normalization is None else augmentation.normalize(batch["image"], normalization)

@@ -14,15 +14,14 @@ import sys
 
 from absl import flags
 
-import vgg_jax
-from vgg_jax.core import checkpoints, command_line
+from vgg_jax.core import checkpoints, command_line, models
 from vgg_jax.weights import conversion, download, registry
 from vgg_jax.weights.errors import WeightsError
 
 FLAGS = flags.FlagValues()  # this CLI's own, so that importing it defines no global flags
 flags.DEFINE_string("out", None, "the model directory to write (download: default the cache's NAME)",
                     flag_values=FLAGS)
-flags.DEFINE_enum("arch", None, sorted(vgg_jax.ARCHITECTURES), "import: the file's architecture", flag_values=FLAGS)
+flags.DEFINE_enum("arch", None, sorted(models.ARCHITECTURES), "import: the file's architecture", flag_values=FLAGS)
 flags.DEFINE_integer("num_classes", None, "import: a new class count (fc8 starts afresh)", flag_values=FLAGS)
 
 COMMANDS = {"list": 0, "download": 1, "import": 1}  # each command's count of positional arguments

@@ -24,8 +24,7 @@ import numpy as np
 from flax import traverse_util
 from safetensors import safe_open
 
-import vgg_jax
-from vgg_jax.core import checkpoints, normalization
+from vgg_jax.core import checkpoints, models, normalization
 from vgg_jax.core.models import BLOCK_WIDTHS, DOWNSAMPLING, FC_WIDTH, initializers, LAYOUTS
 from vgg_jax.weights import model_directory, spec_fields
 from vgg_jax.weights.errors import WeightsError
@@ -73,13 +72,13 @@ def dense_kernel(weight: np.ndarray, channels: int) -> np.ndarray:
     return weight.reshape(out, channels, window, window).transpose(2, 3, 1, 0).reshape(-1, out)
 
 
-def conv_positions(model: vgg_jax.VGG) -> list[list[str]]:
+def conv_positions(model: models.VGG) -> list[list[str]]:
     """Per block, the positions of its convs: [['1_1', '1_2'], ['2_1', '2_2'], ...]."""
     return [[f"{block}_{index}" for index in range(1, len(kernels) + 1)]
             for block, kernels in enumerate(LAYOUTS[model.layout], start=1)]
 
 
-def torch_feature_names(model: vgg_jax.VGG) -> dict[int, str]:
+def torch_feature_names(model: models.VGG) -> dict[int, str]:
     """`features.N` index -> our layer name, numbering modules as torchvision's nn.Sequential does."""
     names, index = {}, 0
     for block in conv_positions(model):
@@ -98,7 +97,7 @@ def kernel_and_bias(kernel_key: str, bias_key: str, layer: str, conversion) -> K
     return {kernel_key: (("params", layer, "kernel"), conversion), bias_key: (("params", layer, "bias"), np.asarray)}
 
 
-def torch_key_map(model: vgg_jax.VGG, head: tuple[str, str, str]) -> KeyMap:
+def torch_key_map(model: models.VGG, head: tuple[str, str, str]) -> KeyMap:
     keys: KeyMap = {}
     for index, layer in torch_feature_names(model).items():
         prefix = f"features.{index}"
@@ -116,7 +115,7 @@ def torch_key_map(model: vgg_jax.VGG, head: tuple[str, str, str]) -> KeyMap:
     return keys
 
 
-def keras_key_map(model: vgg_jax.VGG) -> KeyMap:
+def keras_key_map(model: models.VGG) -> KeyMap:
     if model.batch_norm or model.lrn:
         raise WeightsError("Keras has VGG16 and VGG19 only: choose vgg16 or vgg19 for a Keras file")
     keys: KeyMap = {}
@@ -131,7 +130,7 @@ def keras_key_map(model: vgg_jax.VGG) -> KeyMap:
 
 # --- assembling and checking -------------------------------------------------------------------
 
-def head_fields(params: dict, model: vgg_jax.VGG) -> dict:
+def head_fields(params: dict, model: models.VGG) -> dict:
     """The VGG fields that imported weights fix: include_top, and with a head its window
     (as image_size) and num_classes."""
     if not any(layer in params for layer in HEAD_LAYERS):
@@ -151,7 +150,7 @@ def converted_shape(conversion: Callable[[np.ndarray], np.ndarray], shape: tuple
     return conversion(np.broadcast_to(np.zeros((), np.float32), shape)).shape
 
 
-def head_bounds(fields: dict, model: vgg_jax.VGG, keys: KeyMap) -> list[str]:
+def head_bounds(fields: dict, model: models.VGG, keys: KeyMap) -> list[str]:
     """The file's head sizes over what the architecture allows (see MAX_CLASSES)."""
     sources = {target[1:]: key for key, (target, _) in keys.items()}
     problems = []
@@ -181,7 +180,7 @@ def not_float(tensor: FileTensor) -> str:
             f"({', '.join(map(str, FLOAT_DTYPES))}), which are read as float32")
 
 
-def convert(tensors: dict[str, FileTensor], keys: KeyMap, model: vgg_jax.VGG, path: str, source: str) -> dict:
+def convert(tensors: dict[str, FileTensor], keys: KeyMap, model: models.VGG, path: str, source: str) -> dict:
     """Our variables from the file's tensors; one error naming every missing, unexpected,
     misshapen or non-float key when they do not fit the model. Shapes and dtypes are checked
     from the file's header, so nothing is read from a file that does not fit."""
@@ -262,7 +261,7 @@ def import_weights(path: str | os.PathLike, arch: str) -> tuple[dict, normalizat
     gives variables without fc6..fc8, for include_top=False.
     """
     path = os.fspath(path)
-    model = vgg_jax.create_model(arch)
+    model = models.create_model(arch)
     with open_weights(path) as (tensors, family):
         if family == "keras":
             keys, convention = keras_key_map(model), normalization.CAFFE_BGR
@@ -274,7 +273,7 @@ def import_weights(path: str | os.PathLike, arch: str) -> tuple[dict, normalizat
 
 # --- model directories -------------------------------------------------------------------------
 
-def new_classifier(model: vgg_jax.VGG, num_classes: int, seed: int = 0) -> dict:
+def new_classifier(model: models.VGG, num_classes: int, seed: int = 0) -> dict:
     """A freshly initialised fc8 for `num_classes` (transfer learning), under the model's init scheme."""
     _, dense_init = initializers(model.init_scheme)
     inputs = jnp.zeros((1, model.scaled(FC_WIDTH)))
@@ -289,7 +288,7 @@ def import_to_checkpoint(path: str, arch: str, out: str, num_classes: int | None
     earlier model directory is refused before the file is read (`model_directory.save_model`)."""
     model_directory.check_output(out)
     variables, convention = import_weights(path, arch)
-    model = vgg_jax.create_model(arch)
+    model = models.create_model(arch)
     fields = head_fields(variables["params"], model)
     if num_classes is not None and num_classes != fields.get("num_classes"):
         if not fields["include_top"]:

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import os
 
-import vgg_jax
-from vgg_jax.core import checkpoints
+from vgg_jax.core import checkpoints, models
 from vgg_jax.weights import conversion, download, model_directory, registry
 
 PRETRAINED_PREFIX = "pretrained:"
@@ -54,11 +53,11 @@ def load_variables(source: str | os.PathLike, arch: str | None = None) -> tuple[
     if arch is None:
         raise ValueError(f"{path} is a weight file: name its architecture (arch='vgg16', --arch=vgg16)")
     variables, convention = conversion.import_weights(path, arch)
-    fields = conversion.head_fields(variables["params"], vgg_jax.create_model(arch))
+    fields = conversion.head_fields(variables["params"], models.create_model(arch))
     return variables, model_directory.ModelSpec(arch, fields, None, convention), f"{path} ({arch})"
 
 
-def fitted_model(spec: model_directory.ModelSpec, variables: dict, origin: str, **overrides) -> vgg_jax.VGG:
+def fitted_model(spec: model_directory.ModelSpec, variables: dict, origin: str, **overrides) -> models.VGG:
     """The model `spec` describes, checked to fit `variables` (a clear error naming `origin` if not)."""
     model = spec.build(**overrides)
     checkpoints.check_fits(model, variables, source=origin)
@@ -66,7 +65,7 @@ def fitted_model(spec: model_directory.ModelSpec, variables: dict, origin: str, 
 
 
 def load(source: str | os.PathLike, arch: str | None = None,
-         **overrides) -> tuple[vgg_jax.VGG, dict, model_directory.ModelSpec]:
+         **overrides) -> tuple[models.VGG, dict, model_directory.ModelSpec]:
     """(model, variables, spec) ready for `model.apply(variables, images)`, from any `source`
     (a workdir, a model directory, a weight file with its `arch`, `pretrained:NAME` or NAME);
     `overrides` are VGG fields (e.g. dtype). `spec.preprocess(image, scale)` feeds it."""

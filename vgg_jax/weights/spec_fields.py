@@ -3,7 +3,7 @@
 A spec comes from a JSON file that anyone may have written, and its fields decide what gets
 allocated (image_size is predict's default test scale; width, image_size and num_classes size
 the variables) and what reaches a terminal (class names). Bounds:
-  arch            one of vgg_jax.ARCHITECTURES
+  arch            one of models.ARCHITECTURES
   num_classes     1 .. MAX_CLASSES (ImageNet-21k's 21843, as for weight files)
   image_size      a multiple of 32 in 32 .. MAX_IMAGE_SIZE (512, the paper's largest test scale)
   width           a number in (0, 1] (the multiplier scales VGG down)
@@ -15,7 +15,6 @@ Each failure is a ValueError "<field>: <value>: <reason>" (file strings shown es
 
 from __future__ import annotations
 
-import vgg_jax
 from vgg_jax.core import models
 from vgg_jax.core.normalization import finite_float
 
@@ -67,8 +66,8 @@ def shown(value) -> str:
 
 
 def check_arch(arch) -> str:
-    if not (isinstance(arch, str) and arch in vgg_jax.ARCHITECTURES):
-        raise ValueError(f"arch: {shown(arch)}: not one of {', '.join(sorted(vgg_jax.ARCHITECTURES))}")
+    if not (isinstance(arch, str) and arch in models.ARCHITECTURES):
+        raise ValueError(f"arch: {shown(arch)}: not one of {', '.join(sorted(models.ARCHITECTURES))}")
     return arch
 
 
