@@ -76,10 +76,9 @@ def test_eval_members_and_train_init_from_read_every_kind(world, kind):
     member = methods.load_member(sources[kind], arch="vgg16")
     assert_same_variables(member.variables, expected)
     assert sources[kind] in member.source
-    config = default.get_config()
-    config.model.arch = "vgg16"
-    config.train.update(init_from=sources[kind], init_layers="all")
-    variables, convention = preinit.initial_variables(config, vgg_jax.vgg16(num_classes=10, image_size=32))
+    train = default.get_config().train
+    train.update(init_from=sources[kind], init_layers="all")
+    variables, convention = preinit.initial_variables(train, "vgg16", vgg_jax.vgg16(num_classes=10, image_size=32))
     assert_same_variables(variables, expected)  # weight files are read as model.arch's
     assert convention == normalization.TORCHVISION
 

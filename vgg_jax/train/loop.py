@@ -146,7 +146,7 @@ def restore_or_initialise(run: Run) -> tuple[TrainState, Progress]:
             continue
         log.info("resumed from %s at step %d", run.workdir, step)
         return sharding.replicate(run_files.apply_config_changes(run.workdir, run.config, state), run.mesh), progress
-    variables, normalization = preinit.initial_variables(config, run.model)
+    variables, normalization = preinit.initial_variables(config.train, config.model.arch, run.model)
     normalization = normalization or Normalization(tuple(config.data.mean_rgb), tuple(config.data.std_rgb))
     spec = model_directory.ModelSpec(config.model.arch, model_kwargs(config, run.model.num_classes),
                                  run.info.class_names, normalization)

@@ -70,14 +70,13 @@ def layer_table(target_params: dict, copied: Iterable[str], source: str) -> str:
     return "\n".join(["layer    origin", *rows])
 
 
-def initial_variables(config, model):
-    """Pre-initialisation for a new run from train.init_from, any source `vgg_jax.load` takes (a
-    weight file is read as model.arch's): (variables or None, normalisation or None)."""
-    train = config.train
+def initial_variables(train, arch: str, model):
+    """Pre-initialisation for a new run of `arch` from the train section's init_from, any source
+    `vgg_jax.load` takes (a weight file is read as `arch`'s): (variables or None, normalisation or None)."""
     if not train.init_from:
         return None, None
     try:
-        source, source_spec, _ = loading.load_variables(train.init_from, arch=config.model.arch)
+        source, source_spec, _ = loading.load_variables(train.init_from, arch=arch)
     except ValueError as error:  # CheckpointError and WeightsError are ValueErrors
         raise CheckpointError(f"train.init_from={train.init_from!r}: {error}") from error
     target = compilation.jit(model.init)(jax.random.PRNGKey(train.seed),
