@@ -2,6 +2,7 @@
 lose nothing (best step, results, readable checkpoints) and say what happened in one line."""
 
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -149,6 +150,22 @@ def test_a_finished_workdir_without_readable_results_rebuilds_them(damage, tmp_p
 
 
 # --- one run per workdir ---------------------------------------------------------------------
+
+def test_a_planted_lock_file_is_read_bounded_and_shown_printable(tmp_path):
+    """Catches the holder line read whole (a planted 64 MB train.lock read into the message) or
+    shown as it is (terminal escapes, invalid UTF-8 as a UnicodeDecodeError traceback)."""
+    lock = tmp_path / "train.lock"
+    lock.write_bytes(b"\x1b[2Jhost evil\xff\xfe " + b"x" * (64 << 20))
+    with open(lock, "rb") as held:  # another open file description: flock conflicts as another process's would
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(run_files.WorkdirInUse) as error:
+            with run_files.workdir_lock(str(tmp_path)):
+                pass
+    message = str(error.value)
+    assert "host evil" in message and len(message) < 400 + len(str(tmp_path)) * 2
+    assert message.isprintable()
+    assert lock.stat().st_size > 64 << 20  # the holder's file is left as it is
+
 
 HOLD_LOCK = ("import sys, time; from vgg_jax.train import run_files\nwith run_files.workdir_lock(sys.argv[1]):\n"
              "    print('locked', flush=True); time.sleep(600)")

@@ -157,6 +157,9 @@ def write_atomically(path: str, text: str) -> None:
         raise
 
 
+HOLDER_CHARS = 200  # what a second run reads of train.lock: a host and a pid, not whatever a planted file holds
+
+
 @contextlib.contextmanager
 def workdir_lock(workdir: str):
     """One training run per workdir: an advisory lock (fcntl.flock) on workdir/train.lock for
@@ -167,12 +170,13 @@ def workdir_lock(workdir: str):
     os.makedirs(workdir, exist_ok=True)
     index = jax.process_index()
     path = os.path.join(workdir, "train.lock" if index == 0 else f"train.lock.{index}")
-    with open(path, "a+") as f:
+    with open(path, "a+", errors="replace") as f:  # a planted file's bytes read as text, not an error
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
-            holder = f.read().strip() or "a process that has not written its name yet"
+            holder = "".join(c if c.isprintable() else "?" for c in f.read(HOLDER_CHARS).strip())
+            holder = holder or "a process that has not written its name yet"
             raise WorkdirInUse(f"{workdir} is in use by another training run ({holder}, lock {path}); "
                                "wait for it to end or give another --workdir") from None
         f.truncate(0)
