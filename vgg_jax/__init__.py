@@ -5,9 +5,10 @@ What users import is at this level: the networks by name (`vgg16`, `create_model
 each: `features`, `lpips`, `style`, `nnx`, `export`, and the `predict` and `stylize` command lines.
 What they are built from lives in the wings, each importing only the wings listed:
 
-  core/      the network, checkpoints and model directories, compilation, devices (imports no wing)
+  core/      the network, checkpoint steps, compilation, sharding, devices (imports no wing)
   data/      image sources, decoding, the host's and the device's preprocessing (core)
-  weights/   every model source: model directories, runs, pretrained sets, weight files (core)
+  weights/   every model source: model directories, runs, pretrained sets, weight files (core;
+             data for spec.preprocess)
   train/     the paper's training: config check, steps, loop, run files, pre-initialisation (core, data, weights)
   evaluate/  the paper's testing: single, dense and multi-crop, ensembles, error tables (core, data, weights)
 """
