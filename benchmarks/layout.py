@@ -87,9 +87,8 @@ def imported_modules(module: str, file: pathlib.Path, tree: ast.Module, known) -
     return found - {None, module}
 
 
-def import_graph() -> dict[str, set[str]]:
+def import_graph(sources: dict) -> dict[str, set[str]]:
     """Each of our modules -> our modules it imports."""
-    sources = parse_sources()
     return {m: imported_modules(m, f, tree, sources) for m, (f, tree) in sources.items()}
 
 
@@ -222,7 +221,7 @@ def main() -> None:
     parser.add_argument("--list", action="store_true", help="print the moves themselves")
     args = parser.parse_args()
     sources = parse_sources()
-    graph = import_graph()
+    graph = import_graph(sources)
     report_units(graph)
     report_sizes(sources)
     report_walk(sources, graph, args.list)

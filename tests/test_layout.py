@@ -8,7 +8,7 @@ def test_no_wing_imports_what_its_layer_may_not():
     training or weights code, weights or evaluation importing training, a wing importing the
     package root or an application), function-level imports included: each such edge makes the
     wings a tangle again."""
-    edges = layout.unit_edges(layout.import_graph())
+    edges = layout.unit_edges(layout.import_graph(layout.parse_sources()))
     assert ("vgg_jax/train", "vgg_jax/core") in edges  # the graph sees the package's imports at all
     assert layout.layering_violations(edges) == []
 
